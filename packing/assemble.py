@@ -1,0 +1,101 @@
+"""From whole numbers of server patterns to concrete servers on concrete nodes.
+
+Each pattern slot of class i is filled with a real member of class i (patterns were priced with
+the class maxima, so any member fits). Pods then go onto nodes of their shape: best fit by host
+memory, the replicas of one server on distinct nodes where the nodes allow, opening a node only
+when no open one has a free slot and memory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from packing.classes import Classes
+from packing.colgen import Pattern
+from packing.demand import Demand
+from packing.resources import NodeShape
+
+
+@dataclass
+class BuiltServer:
+    shape: int
+    replicas: int
+    models: List[int]  # model indices into Demand
+    host_per_pod: float = 0.0
+    placements: List[Tuple[int, int]] = field(default_factory=list)  # (node index, device index)
+
+
+@dataclass
+class Node:
+    free_slots: List[int]
+    free_host: float
+    servers: set = field(default_factory=set)
+
+
+def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Classes, dem: Demand) -> List[BuiltServer]:
+    pools = [list(m) for m in cls.members]
+    cursor = [0] * len(pools)
+    built: List[BuiltServer] = []
+    for j in sorted(chosen):
+        p = patterns[j]
+        for _ in range(chosen[j]):
+            models: List[int] = []
+            for i, a in p.counts:
+                take = pools[i][cursor[i]:cursor[i] + a]
+                cursor[i] += len(take)
+                models.extend(int(m) for m in take)
+            if models:
+                built.append(BuiltServer(p.shape, p.replicas, sorted(models)))
+    left = sum(len(p) - c for p, c in zip(pools, cursor))
+    if left:
+        raise AssertionError(f"{left} models left unplaced by the integer solution")
+    for s in built:
+        s.host_per_pod = dem.shapes[s.shape].pod_base_mib + float(dem.h[s.models, s.shape].sum())
+    return built
+
+
+def place_on_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spread: int) -> Dict[int, int]:
+    """Assign every pod a (node, device); returns nodes used per shape. `spread`: the first
+    `spread` replicas of a server must land on distinct nodes (redundancy across nodes)."""
+    nodes_by_shape: Dict[int, List[Node]] = {}
+    order = sorted(range(len(servers)), key=lambda k: (servers[k].shape, -servers[k].host_per_pod * servers[k].replicas, k))
+    for k in order:
+        s = servers[k]
+        shape = shapes[s.shape]
+        nodes = nodes_by_shape.setdefault(s.shape, [])
+        for rep in range(s.replicas):
+            need = s.host_per_pod
+            fits = [n for n in range(len(nodes)) if nodes[n].free_slots and nodes[n].free_host >= need - 1e-9 * shape.host_alloc_mib]
+            apart = [n for n in fits if k not in nodes[n].servers]
+            pool = apart if (apart or rep < spread) else fits
+            if pool:
+                n = min(pool, key=lambda n: (nodes[n].free_host - need, n))
+            else:
+                if need > shape.host_alloc_mib * (1 + 1e-9):
+                    raise AssertionError(f"a pod of {need:.0f} MiB cannot fit a {shape.name} node")
+                nodes.append(Node(list(range(shape.slots)), shape.host_alloc_mib))
+                n = len(nodes) - 1
+            node = nodes[n]
+            device = node.free_slots.pop(0)
+            node.free_host -= need
+            node.servers.add(k)
+            s.placements.append((n, device))
+    return {t: len(ns) for t, ns in nodes_by_shape.items()}
+
+
+def pod_figures(s: BuiltServer, dem: Demand) -> Tuple[float, float, float, float]:
+    """(model memory per pod, utilisation per pod, arrival-weighted mean latency, slowest p90)."""
+    t, idx = s.shape, np.asarray(s.models)
+    mem = float(dem.d[idx, t].sum())
+    util = float(dem.u[idx, t].sum()) / s.replicas
+    rps = dem.rps[idx]
+    lat = dem.latency[idx, t]
+    mean_latency = float(np.dot(rps, lat) / rps.sum()) if rps.sum() > 0 else float(lat.mean())
+    return mem, util, mean_latency, float(dem.p90[idx, t].max())
+
+
+def memory_request_mib(s: BuiltServer) -> int:
+    return int(math.ceil(s.host_per_pod))

@@ -1,0 +1,127 @@
+"""The demand model: what each model needs from a pod of each node shape, and where it may go.
+
+Per model m and shape t (processor p):
+  memory   d[m,t] = device memory (cpu: host memory, since a cpu slice holds models in RAM)
+  host     h[m,t] = host memory the model adds to its pod's process
+  load     u[m,t] = rps x latency_ms / 1000 / cores_per_device   (a single pod's utilisation)
+  eligible: a profile for p exists, d fits the pod's memory cap, one pod's host memory fits the
+            node, and the SLO holds: p90 + W90(cores, max_utilization, latency) <= slo_p90_ms.
+A model whose load on t exceeds min_replicas x max_utilization is *hot* there: it gets its own
+server with ceil(u / max_utilization) replicas. Arrays are numpy so 100,000 models stay fast.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from contracts import ModelSpec, Profile
+from packing.queueing import wait_p90_ms
+from packing.resources import NodeShape, PackingOptions
+
+TOLERANCE = 1e-9  # capacity comparisons are relative, so float sums never reject an exact fit
+
+
+class UnplaceableModels(ValueError):
+    """One or more models fit on no node shape; the message says which and why."""
+
+
+@dataclass
+class Demand:
+    model_ids: List[str]
+    shapes: List[NodeShape]
+    d: np.ndarray  # [models, shapes] MiB
+    h: np.ndarray  # [models, shapes] MiB
+    u: np.ndarray  # [models, shapes] single-pod utilisation
+    p90: np.ndarray  # [models, shapes] batch-1 p90 ms
+    latency: np.ndarray  # [models, shapes] batch-1 p50 ms
+    eligible: np.ndarray  # [models, shapes] bool
+    replicas: np.ndarray  # [models, shapes] pods a server of this model alone needs
+    hot: np.ndarray  # [models, shapes] bool: needs a server of its own
+    rps: np.ndarray  # [models]
+
+
+def _profile_arrays(models: Sequence[ModelSpec], profiles: Mapping[str, Mapping[str, Profile]], processor: str):
+    n = len(models)
+    has = np.zeros(n, bool)
+    dev, host, lat, p90 = (np.zeros(n) for _ in range(4))
+    for i, m in enumerate(models):
+        p = profiles.get(m.id, {}).get(processor)
+        if p is None:
+            continue
+        has[i] = True
+        dev[i] = max(p.device_memory_mib, p.host_memory_mib) if processor == "cpu" else p.device_memory_mib
+        host[i], lat[i], p90[i] = p.host_memory_mib, p.latency_ms, p.p90_ms
+    return has, dev, host, lat, p90
+
+
+def build_demand(
+    models: Sequence[ModelSpec],
+    profiles: Mapping[str, Mapping[str, Profile]],
+    shapes: Sequence[NodeShape],
+    opts: PackingOptions,
+) -> Demand:
+    n, k = len(models), len(shapes)
+    rps = np.array([m.rps for m in models], float)
+    slo = np.array([m.slo_p90_ms if m.slo_p90_ms is not None else np.inf for m in models], float)
+    d, h, u, p90, lat = (np.zeros((n, k)) for _ in range(5))
+    eligible = np.zeros((n, k), bool)
+    by_processor = {p: _profile_arrays(models, profiles, p) for p in {s.processor for s in shapes}}
+    cap_u = opts.max_utilization
+    for j, s in enumerate(shapes):
+        has, dev, host, la, p9 = by_processor[s.processor]
+        d[:, j], h[:, j], lat[:, j], p90[:, j] = dev, host, la, p9
+        u[:, j] = rps * la / 1000.0 / s.cores_per_device
+        # The queueing allowance per model: its own service time at the utilisation cap (W90 is
+        # proportional to the service time, so one factor per shape serves every model).
+        allowance = la * wait_p90_ms(s.cores_per_device, cap_u, 1.0)
+        fits = dev <= s.device_memory_cap_mib * (1 + TOLERANCE)
+        fits &= (s.pod_base_mib + host) <= s.host_alloc_mib * (1 + TOLERANCE)
+        slo_ok = p9 + allowance <= slo * (1 + TOLERANCE)
+        eligible[:, j] = has & fits & slo_ok
+    per_pod = u / opts.min_replicas
+    hot = eligible & (per_pod > cap_u * (1 + TOLERANCE))
+    replicas = np.maximum(opts.min_replicas, np.ceil(u / cap_u - TOLERANCE)).astype(int)
+    demand = Demand([m.id for m in models], list(shapes), d, h, u, p90, lat, eligible, replicas, hot, rps)
+    _require_placeable(models, profiles, demand, slo, opts)
+    return demand
+
+
+def _why_not(m: ModelSpec, i: int, dem: Demand, profiles, slo: np.ndarray, opts: PackingOptions) -> str:
+    reasons: Dict[str, str] = {}
+    for j, s in enumerate(dem.shapes):
+        p = s.processor
+        if p in reasons and reasons[p] == "":
+            continue
+        if p not in profiles.get(m.id, {}):
+            reasons[p] = "no profile (inline, measured or reference)"
+        elif dem.d[i, j] > s.device_memory_cap_mib * (1 + TOLERANCE):
+            reasons.setdefault(p, f"needs {dem.d[i, j]:.0f} MiB, the largest pod holds "
+                                  f"{s.device_memory_cap_mib:.0f} MiB (see --max-device-memory-gib)")
+        elif s.pod_base_mib + dem.h[i, j] > s.host_alloc_mib * (1 + TOLERANCE):
+            reasons.setdefault(p, f"needs {dem.h[i, j]:.0f} MiB of host memory, more than a node allocates")
+        else:
+            wait = wait_p90_ms(s.cores_per_device, opts.max_utilization, dem.latency[i, j])
+            reasons[p] = (f"SLO p90 {slo[i]:g} ms cannot hold: p90 {dem.p90[i, j]:g} ms + queueing "
+                          f"{wait:.1f} ms at {opts.max_utilization:.0%} utilisation")
+    return "; ".join(f"{p}: {r}" for p, r in sorted(reasons.items()))
+
+
+def _require_placeable(models, profiles, dem: Demand, slo: np.ndarray, opts: PackingOptions) -> None:
+    stuck = np.flatnonzero(~dem.eligible.any(axis=1))
+    if stuck.size == 0:
+        return
+    lines = [f"  {models[i].id}: {_why_not(models[i], i, dem, profiles, slo, opts)}" for i in stuck[:10]]
+    more = f"\n  ... and {stuck.size - 10} more" if stuck.size > 10 else ""
+    shapes = ", ".join(sorted({s.name for s in dem.shapes}))
+    raise UnplaceableModels(
+        f"{stuck.size} model(s) fit on no instance type ({shapes}):\n" + "\n".join(lines) + more
+        + "\nFix: add a profile for another processor, relax the SLO, or allow larger instance types."
+    )
+
+
+def server_replicas(u_total: float, opts: PackingOptions) -> int:
+    """Pods a server needs so that each stays within the utilisation cap."""
+    return max(opts.min_replicas, math.ceil(u_total / opts.max_utilization - TOLERANCE))
