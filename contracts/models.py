@@ -62,7 +62,7 @@ class Profile(Contract):
     citation: Optional[str] = None
 
     @model_validator(mode="after")
-    def _p90_not_below_p50(self) -> "Profile":
+    def _p90_not_below_p50(self) -> Profile:
         if self.latency_p90_ms is not None and self.latency_p90_ms < self.latency_ms:
             raise ValueError(
                 f"latency_p90_ms ({self.latency_p90_ms}) is below latency_ms ({self.latency_ms}): "
@@ -93,7 +93,7 @@ class ModelCatalogue(Contract):
     models: List[ModelSpec]
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "ModelCatalogue":
+    def _unique_ids(self) -> ModelCatalogue:
         first: Dict[str, int] = {}
         for i, m in enumerate(self.models):
             if m.id in first:
@@ -118,7 +118,7 @@ class ReferenceProfiles(Contract):
     profiles: List[ReferenceProfile]
 
     @model_validator(mode="after")
-    def _unique_keys(self) -> "ReferenceProfiles":
+    def _unique_keys(self) -> ReferenceProfiles:
         seen: Dict[tuple, int] = {}
         for i, p in enumerate(self.profiles):
             key = (p.shape, p.processor, p.sequence_length, p.precision)
@@ -145,7 +145,7 @@ class InstanceType(Contract):
     max_pods: int = Field(gt=0)
 
     @model_validator(mode="after")
-    def _accelerators_are_described(self) -> "InstanceType":
+    def _accelerators_are_described(self) -> InstanceType:
         if self.processor != "cpu":
             missing = [f for f in ("devices", "device_memory_gib") if getattr(self, f) is None]
             if missing:
@@ -161,7 +161,7 @@ class InstanceCatalogue(Contract):
     platform: Dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "InstanceCatalogue":
+    def _consistent(self) -> InstanceCatalogue:
         seen: Dict[str, int] = {}
         for i, t in enumerate(self.instances):
             if t.name in seen:
@@ -223,7 +223,7 @@ class Server(Contract):
     _id = field_validator("id")(check_dns_1035_label)
 
     @model_validator(mode="after")
-    def _one_placement_per_replica(self) -> "Server":
+    def _one_placement_per_replica(self) -> Server:
         if len(self.placements) != self.replicas:
             raise ValueError(
                 f"server {self.id}: {self.replicas} replicas but {len(self.placements)} placements"
@@ -255,7 +255,7 @@ class Plan(Contract):
     previous: Optional[PreviousPlan] = None
 
     @model_validator(mode="after")
-    def _models_and_ids_unique(self) -> "Plan":
+    def _models_and_ids_unique(self) -> Plan:
         ids: Dict[str, int] = {}
         placed: Dict[str, str] = {}
         for i, s in enumerate(self.servers):

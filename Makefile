@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (the main job on local defaults) and `make test`.
+# Both create or reuse .venv/ and install what they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT := out
+
+.PHONY: demo test bench-pack lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/models.yaml
+	$(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
+		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json
+	@echo "independent check of the plan (../shared/tools/check_plan.py):"
+	$(PY) ../shared/tools/check_plan.py $(OUT)/models.yaml config/instances.yaml $(OUT)/plan.json 0.83 0
+	@echo "demo outputs: $(OUT)/models.yaml $(OUT)/plan.json $(OUT)/plan.png"
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench-pack: $(STAMP)
+	$(PY) -m bench.packing --out bench/results/packing.json
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(VENV)/bin/vermin --target=3.10- --no-tips --violations contracts
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,144 @@
+"""`python -m packing plan|generate`: the thin command-line edge around the planner."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from rich.console import Console
+from rich.markup import escape
+
+from contracts import ContractError, InstanceCatalogue, ModelCatalogue, ReferenceProfiles, load, write_json_atomic
+from packing import generate
+from packing.demand import UnplaceableModels
+from packing.planner import plan_servers
+from packing.profiles import resolve_profiles
+from packing.resources import PackingOptions
+
+EXIT_BAD_INPUT = 2
+
+
+def _fraction(lo: float, hi: float, *, open_lo: bool = True):
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((x > lo if open_lo else x >= lo) and x <= hi):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if open_lo else '['}{lo}, {hi}], got {x}")
+        return x
+    return parse
+
+
+def _positive(kind=float):
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if x <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {x}")
+        return x
+    return parse
+
+
+def _instance_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="pack a model catalogue onto the cheapest instances that hold it",
+        description="Solve the packing: models (with profiles) + traffic + instance catalogue -> plan.json, "
+                    "plan.png and a summary table. The plan carries a proven lower bound on $/h.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--models", required=True, type=Path, help="models.yaml (or .json for large catalogues)")
+    p.add_argument("--instances", type=Path, default=Path("config/instances.yaml"), help="instance catalogue")
+    p.add_argument("--out", type=Path, default=Path("plan.json"), help="where to write the plan")
+    p.add_argument("--png", type=Path, default=None, help="the plan's picture (default: beside --out, .png)")
+    p.add_argument("--store", default=None, help="store URI to read measured profiles from (file://DIR or s3://bucket/prefix)")
+    p.add_argument("--reference-profiles", type=Path, default=None,
+                   help="cited profiles (config/profiles.yaml) for processors with no inline or measured profile")
+    p.add_argument("--only-instance-types", type=_instance_list, default=None, metavar="T1,T2,...",
+                   help="restrict to these instance types")
+    p.add_argument("--max-utilization", type=_fraction(0, 1), default=0.83,
+                   help="per-pod utilisation cap (the reference design's 0.83)")
+    mem = p.add_mutually_exclusive_group()
+    mem.add_argument("--max-device-memory-gib", type=_positive(), default=None,
+                     help="cap each device's model memory at min(X, device memory)")
+    mem.add_argument("--memory-headroom", type=_fraction(0, 1, open_lo=False), default=0.08,
+                     help="keep this fraction of each device's memory free")
+    p.add_argument("--min-replicas", type=_positive(int), default=1, help="pods per server at least (2 in prod)")
+    p.add_argument("--time-limit", type=_positive(), default=60.0, help="seconds for the whole solve")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.set_defaults(func=run_plan)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    if args.store:
+        raise ContractError("--store: reading measured profiles from a store arrives with the trace step "
+                            "(python -m tracing); use inline profiles or --reference-profiles for now")
+    with console.status("reading inputs") as status:
+        catalogue = load(InstanceCatalogue, args.instances)
+        models = load(ModelCatalogue, args.models).models
+        reference = load(ReferenceProfiles, args.reference_profiles) if args.reference_profiles else None
+        profiles, sources = resolve_profiles(models, reference)
+        inputs = {str(args.models): _sha256(args.models), str(args.instances): _sha256(args.instances)}
+        if args.reference_profiles:
+            inputs[str(args.reference_profiles)] = _sha256(args.reference_profiles)
+        opts = PackingOptions(
+            max_utilization=args.max_utilization, max_device_memory_gib=args.max_device_memory_gib,
+            memory_headroom=args.memory_headroom, min_replicas=args.min_replicas,
+            only_instance_types=tuple(args.only_instance_types) if args.only_instance_types else None,
+            time_limit_s=args.time_limit,
+        )
+        result = plan_servers(models, profiles, sources, catalogue, opts, inputs,
+                              progress=lambda msg: status.update(msg))
+    png = args.png or args.out.with_suffix(".png")
+    from packing.plot import plot_plan  # matplotlib is slow to import: only when a plan exists
+    plot_plan(result.plan, result.pods, png)
+    write_json_atomic(args.out, result.plan.to_json_dict())
+    plan = result.plan
+    if not args.quiet:
+        from packing.table import print_plan_summary
+        print_plan_summary(plan, Console())
+    print(f"plan: {args.out}  picture: {png}  ${plan.cost_per_hour:.2f}/h, bound ${plan.lower_bound_per_hour:.2f}/h, "
+          f"gap {plan.gap:.2%}, {sum(plan.instances.values())} instances, {len(plan.servers)} servers, "
+          f"{plan.solve_seconds:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m packing",
+        description="Plan model servers: bin-pack models onto the cheapest instances that meet their latency budget.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,generate}")
+    add_plan_parser(sub)
+    generate.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ContractError, UnplaceableModels, ValueError) as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
