@@ -18,7 +18,8 @@ import numpy as np
 from packing.demand import Demand
 
 MEMORY_FLOOR_MIB = 1.0
-LOAD_FLOOR = 2e-4  # of the utilisation cap: loads below it share one bucket
+LOAD_FLOOR = 1e-3  # of the utilisation cap: loads below it share one bucket
+MEMORY_BOUND_LOAD = 0.1
 
 
 @dataclass
@@ -51,23 +52,37 @@ def _bucket(x: np.ndarray, floor: float, ratio: float) -> np.ndarray:
     return out
 
 
-def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005) -> Classes:
-    """Group models; `resolution` is the relative width of a bucket (0 keeps every distinct model apart)."""
+def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005, load_resolution: float = 0.05) -> Classes:
+    """Group models; `resolution` is the relative width of a memory bucket, `load_resolution` of a
+    load bucket (resolution 0: only identical models share a class)."""
     n = len(dem.model_ids)
     cols = [dem.eligible.astype(np.int64), dem.hot.astype(np.int64)]
     hot_any = dem.hot.any(axis=1)
     cols.append(np.where(hot_any, np.arange(n), -1)[:, None])
     if resolution <= 0:
-        cols.append(np.arange(n)[:, None])
+        # Exact classes: only models identical in every figure share one.
+        for a in (dem.d, dem.h, dem.u):
+            cols.append(np.unique(a, axis=0, return_inverse=True)[1].reshape(n, 1).astype(np.int64))
     else:
-        # One bucket per processor suffices for memory; load is bucketed per shape since cores differ.
+        # Memory: one bucket per processor, fine-grained (memory is usually what binds).
         seen = set()
         for j, s in enumerate(dem.shapes):
             if s.processor not in seen:
                 seen.add(s.processor)
                 cols.append(_bucket(dem.d[:, j], MEMORY_FLOOR_MIB, resolution)[:, None])
                 cols.append(_bucket(dem.h[:, j], MEMORY_FLOOR_MIB, resolution)[:, None])
-            cols.append(_bucket(dem.u[:, j], LOAD_FLOOR * utilisation_cap, resolution)[:, None])
+        # Load: one coarser bucket on the model's largest load relative to the cap. Loads on
+        # different shapes move together (the same rps times each processor's latency), so one
+        # scalar keeps classes few; hi/lo are still taken per shape, so nothing is assumed.
+        load = np.where(dem.eligible, dem.u, 0.0).max(axis=1) / utilisation_cap
+        # A load far below the model's share of pod memory never binds before memory does, so
+        # such loads share one bucket: rounded up to the bucket's maximum they still cost at most
+        # MEMORY_BOUND_LOAD of a pod's load cap when the pod is full of them.
+        caps = np.array([s.device_memory_cap_mib for s in dem.shapes])
+        memory_share = np.where(dem.eligible, dem.d / caps, 0.0).max(axis=1)
+        key = _bucket(load, LOAD_FLOOR, load_resolution)
+        key[load <= MEMORY_BOUND_LOAD * memory_share] = -2
+        cols.append(key[:, None])
     keys = np.concatenate(cols, axis=1)
     _, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)

@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import highspy
 import numpy as np
 
 from packing.classes import Classes
+from packing.knapsack import Knapsack, new_highs
 from packing.resources import NodeShape
 
 INF = highspy.kHighsInf
 EPS = 1e-7
+COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers over what it left out
+BOUND_EVERY = 15  # rounds between lower-bound evaluations
+ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,6 @@ class Pattern:
     replicas: int
     host_per_pod: float
 
-    def covers(self) -> Dict[int, int]:
-        return dict(self.counts)
-
 
 @dataclass
 class ColGenResult:
@@ -57,15 +58,7 @@ class ColGenResult:
     iterations: int
     converged: bool
     seconds: float
-    duals: Optional[np.ndarray] = None
     log: List[str] = field(default_factory=list)
-
-
-def _new_highs() -> highspy.Highs:
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)  # set before the first run: later it is silently ignored
-    return h
 
 
 def pod_caps(s: NodeShape) -> Tuple[float, float, float]:
@@ -74,95 +67,107 @@ def pod_caps(s: NodeShape) -> Tuple[float, float, float]:
     return (s.device_memory_cap_mib * tol, s.utilisation_cap * tol, (s.host_alloc_mib - s.pod_base_mib) * tol)
 
 
-class Knapsack:
-    """max sum v_i a_i  s.t.  sum w_i a_i <= cap,  sum l_i a_i <= load_cap,  sum g_i a_i <= host_cap,
-    0 <= a_i <= ub_i integer (pod memory, utilisation, and the pod's host memory on its node)."""
+def all_fillings(knap: Knapsack, limit: int) -> Optional[List[np.ndarray]]:
+    """Every non-empty count vector that fits the knapsack's caps, or None past `limit`."""
+    need = np.stack([knap.w, knap.l, knap.g], axis=1)
+    found: List[np.ndarray] = []
+    counts = np.zeros(knap.n, int)
+    ok = _fill(0, np.array(knap.caps, float), need, knap.ub, counts, found, limit)
+    return found if ok else None
 
-    def __init__(self, items: np.ndarray, weight: np.ndarray, load: np.ndarray, host: np.ndarray, ub: np.ndarray,
-                 cap: float, load_cap: float, host_cap: float, time_limit: float = 5.0):
-        self.items = items
-        self.ub = ub.astype(float)
-        self.h = _new_highs()
-        self.h.setOptionValue("mip_rel_gap", 1e-6)
-        self.h.setOptionValue("time_limit", time_limit)
-        n = len(items)
-        idx = np.arange(n, dtype=np.int32)
-        self.idx = idx
-        self.h.addCols(n, np.zeros(n), np.zeros(n), self.ub, 0, np.zeros(n, np.int32),
-                       np.array([], np.int32), np.array([]))
-        self.h.addRow(-INF, cap, n, idx, weight.astype(float))
-        self.h.addRow(-INF, load_cap, n, idx, load.astype(float))
-        self.h.addRow(-INF, host_cap, n, idx, host.astype(float))
-        self.h.changeColsIntegrality(n, idx, np.full(n, highspy.HighsVarType.kInteger))
-        self.h.changeObjectiveSense(highspy.ObjSense.kMaximize)
 
-    def solve(self, values: np.ndarray) -> Tuple[float, float, np.ndarray]:
-        """Returns (best value found, proven upper bound, counts)."""
-        n = len(self.items)
-        if n == 0:
-            return 0.0, 0.0, np.zeros(0, int)
-        pos = values > EPS
-        if not pos.any():
-            return 0.0, 0.0, np.zeros(n, int)
-        self.h.changeColsCost(n, self.idx, np.where(pos, values, 0.0))
-        self.h.changeColsBounds(n, self.idx, np.zeros(n), np.where(pos, self.ub, 0.0))
-        self.h.run()
-        info = self.h.getInfo()
-        counts = np.rint(np.asarray(self.h.getSolution().col_value)).astype(int)
-        best = float(np.dot(np.where(pos, values, 0.0), counts))
-        bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else float("inf")
-        return best, max(best, bound), counts
+def _fill(k: int, left: np.ndarray, need: np.ndarray, ub: np.ndarray, counts: np.ndarray,
+          found: List[np.ndarray], limit: int) -> bool:
+    if k == len(counts):
+        if counts.any():
+            found.append(counts.copy())
+        return len(found) <= limit
+    a = 0
+    while a <= ub[k] and not (left - a * need[k] < 0).any():
+        counts[k] = a
+        if not _fill(k + 1, left - a * need[k], need, ub, counts, found, limit):
+            counts[k] = 0
+            return False
+        a += 1
+    counts[k] = 0
+    return True
 
 
 class ShapePricer:
-    """Both knapsacks of one shape: `hi` (columns that are valid) and `lo` (bounds that are valid)."""
+    """The pricing knapsacks of one shape: `hi` (columns that are valid) and `lo` (bounds that are
+    valid). Shapes whose pods face the same limits share one knapsack object (see `key`)."""
 
-    def __init__(self, j: int, shape: NodeShape, cls: Classes, replicas: int):
-        self.j, self.shape, self.r = j, shape, replicas
+    _shared: Dict[tuple, Knapsack]
+
+    def __init__(self, j: int, shape: NodeShape, cls: Classes, replicas: int, shared: Dict[tuple, Knapsack]):
+        self.j, self.shape, self.r, self.cls = j, shape, replicas, cls
         self.items = np.flatnonzero(cls.eligible[:, j] & ~cls.hot[:, j])
-        self.cls = cls
-        self._knap: Dict[str, Knapsack] = {}
+        self._shared = shared
+
+    def _arrays(self, side: str):
+        c, j, it = self.cls, self.j, self.items
+        d = (c.d_hi if side == "hi" else c.d_lo)[it, j]
+        u = (c.u_hi if side == "hi" else c.u_lo)[it, j] / self.r
+        g = (c.h_hi if side == "hi" else c.h_lo)[it, j]
+        return d, u, g
+
+    def key(self, side: str) -> tuple:
+        """Two shapes price alike when items, memory and load caps match and their host caps
+        either match or cannot bind (no pod fitting the memory cap reaches them)."""
+        d, u, g = self._arrays(side)
+        caps = pod_caps(self.shape)
+        count = self.cls.count[self.items]
+        most_host = min(float(np.dot(count, g)), caps[0] * float(np.max(g / np.maximum(d, 1e-12), initial=0.0)))
+        host_cap = caps[2] if most_host > caps[2] else INF
+        return (side, self.shape.processor, self.shape.cores_per_device, caps[0], caps[1], host_cap, self.items.tobytes())
 
     def knapsack(self, side: str) -> Knapsack:
-        if side not in self._knap:
-            c, j, s, it = self.cls, self.j, self.shape, self.items
-            d = (c.d_hi if side == "hi" else c.d_lo)[it, j]
-            u = (c.u_hi if side == "hi" else c.u_lo)[it, j] / self.r
-            g = (c.h_hi if side == "hi" else c.h_lo)[it, j]
-            caps = pod_caps(s)
-            fit = np.minimum.reduce([np.floor(cap / np.maximum(x, 1e-12)) for x, cap in zip((d, u, g), caps)])
-            ub = np.minimum(c.count[it], fit)
-            self._knap[side] = Knapsack(it, d, u, g, ub, *caps)
-        return self._knap[side]
+        key = self.key(side)
+        if key not in self._shared:
+            d, u, g = self._arrays(side)
+            caps = pod_caps(self.shape)[:2] + (key[5],)
+            fit = np.minimum.reduce([np.floor(cap / np.maximum(x, 1e-12)) for x, cap in zip((d, u, g), caps, strict=True)])
+            self._shared[key] = Knapsack(d, u, g, np.minimum(self.cls.count[self.items], fit), caps)
+        return self._shared[key]
 
-    def price(self, pi: np.ndarray, rho: float, side: str = "hi") -> Tuple[float, float, np.ndarray]:
-        """max over patterns of pi.a - r rho host: (value, proven upper bound, counts)."""
+    def values(self, pi: np.ndarray, rho: float, side: str) -> Tuple[np.ndarray, float]:
+        """Item values pi_i - r rho h_i, and the constant r rho base every pod pays."""
         h = (self.cls.h_hi if side == "hi" else self.cls.h_lo)[self.items, self.j]
-        values = pi[self.items] - self.r * rho * h
-        best, bound, counts = self.knapsack(side).solve(values)
-        const = self.r * rho * self.shape.pod_base_mib
-        return best - const, bound - const, counts
+        return pi[self.items] - self.r * rho * h, self.r * rho * self.shape.pod_base_mib
 
 
 class ColumnGeneration:
     def __init__(self, cls: Classes, shapes: Sequence[NodeShape], min_replicas: int):
         self.cls, self.shapes, self.R = cls, list(shapes), min_replicas
-        self.pricers = [ShapePricer(j, s, cls, min_replicas) for j, s in enumerate(shapes)]
+        shared: Dict[tuple, Knapsack] = {}
+        self.pricers = [ShapePricer(j, s, cls, min_replicas, shared) for j, s in enumerate(shapes)]
         self.patterns: List[Pattern] = []
         self._known: set = set()
-        self.h = _new_highs()
+        self._index: Dict[tuple, int] = {}
+        self.bound = 0.0
+        self.h = new_highs()
+        # Re-solves start from the last basis; presolve would throw that away every round.
+        self.h.setOptionValue("presolve", "off")
+        self.h.setOptionValue("solver", "simplex")
         self._build_master()
 
     # -- master ---------------------------------------------------------------------------------
     def _build_master(self) -> None:
         c, k = len(self.cls), len(self.shapes)
-        h = self.h
+        h, none_i, none_f = self.h, np.array([], np.int32), np.array([])
         prices = np.array([s.price for s in self.shapes])
-        h.addCols(k, prices, np.zeros(k), np.full(k, INF), 0, np.zeros(k, np.int32), np.array([], np.int32), np.array([]))
-        h.addRows(c, self.cls.count.astype(float), np.full(c, INF), 0, np.zeros(c, np.int32), np.array([], np.int32), np.array([]))
+        h.addCols(k, prices, np.zeros(k), np.full(k, INF), 0, np.zeros(k, np.int32), none_i, none_f)
+        h.addRows(c, self.cls.count.astype(float), np.full(c, INF), 0, np.zeros(c, np.int32), none_i, none_f)
         for t, s in enumerate(self.shapes):
             h.addRow(-INF, 0.0, 1, np.array([t], np.int32), np.array([-float(s.slots)]))
             h.addRow(-INF, 0.0, 1, np.array([t], np.int32), np.array([-s.host_alloc_mib]))
+        # Artificial columns make the first master feasible without thousands of seed columns. Each
+        # costs more than any real way to place one model (whole nodes for all its replicas), so the
+        # LP drops them as soon as real columns exist.
+        worst = max(s.price for s in self.shapes) * 2.0
+        big = worst * np.maximum(self.cls.replicas.max(axis=1), self.R).astype(float)
+        rows = np.arange(c, dtype=np.int32)
+        h.addCols(c, big, np.zeros(c), np.full(c, INF), c, rows, rows, np.ones(c))
 
     def slot_row(self, t: int) -> int:
         return len(self.cls) + 2 * t
@@ -172,23 +177,22 @@ class ColumnGeneration:
         if key in self._known:
             return False
         self._known.add(key)
+        self._index[key] = len(self.patterns)
         self.patterns.append(p)
         rows = [i for i, _ in p.counts] + [self.slot_row(p.shape), self.slot_row(p.shape) + 1]
         vals = [float(a) for _, a in p.counts] + [float(p.replicas), p.replicas * p.host_per_pod]
         self.h.addCol(0.0, 0.0, INF, len(rows), np.array(rows, np.int32), np.array(vals))
         return True
 
-    def pattern_from_counts(self, t: int, items: np.ndarray, counts: np.ndarray, replicas: int, side="hi") -> Pattern:
+    def pattern_from_counts(self, t: int, items: np.ndarray, counts: np.ndarray) -> Pattern:
         nz = counts > 0
-        pairs = tuple(sorted((int(i), int(a)) for i, a in zip(items[nz], counts[nz])))
-        hh = self.cls.h_hi if side == "hi" else self.cls.h_lo
-        host = self.shapes[t].pod_base_mib + float(sum(hh[i, t] * a for i, a in pairs))
-        return Pattern(t, pairs, replicas, host)
+        pairs = tuple(sorted((int(i), int(a)) for i, a in zip(items[nz], counts[nz], strict=True)))
+        host = self.shapes[t].pod_base_mib + float(sum(self.cls.h_hi[i, t] * a for i, a in pairs))
+        return Pattern(t, pairs, self.R, host)
 
     def solve_master(self) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         self.h.run()
-        sol = self.h.getSolution()
-        duals = np.asarray(sol.row_dual)
+        duals = np.asarray(self.h.getSolution().row_dual)
         c = len(self.cls)
         pi = np.maximum(duals[:c], 0.0)
         sigma = np.maximum(-duals[c::2], 0.0)
@@ -197,73 +201,253 @@ class ColumnGeneration:
 
     # -- columns ----------------------------------------------------------------------------------
     def seed_columns(self) -> None:
-        """Feasible start: every class alone on every shape it may use, as full as it can be."""
+        """Hot models' servers of their own: fixed patterns, never priced by the knapsacks."""
         cls = self.cls
         for t, s in enumerate(self.shapes):
-            for i in np.flatnonzero(cls.eligible[:, t]):
-                if cls.hot[i, t]:
-                    r = int(cls.replicas[i, t])
-                    self.add_pattern(Pattern(t, ((int(i), 1),), r, s.pod_base_mib + float(cls.h_hi[i, t])))
+            for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t]):
+                r = int(cls.replicas[i, t])
+                self.add_pattern(Pattern(t, ((int(i), 1),), r, s.pod_base_mib + float(cls.h_hi[i, t])))
+
+    def candidates(self, pr: ShapePricer, pi: np.ndarray, rho: float, exact: bool) -> List[Tuple[float, np.ndarray]]:
+        """Columns for one shape this round: the knapsack's answer, then further greedy answers
+        over the classes it left out, so one round offers the master a whole packing at once."""
+        knap = pr.knapsack("hi")
+        values, const = pr.values(pi, rho, "hi")
+        best, counts = knap.solve(values) if exact else knap.lp_round(values)
+        out = [(best - const, counts)]
+        for _ in range(COLUMNS_PER_ROUND - 1):
+            values = values.copy()
+            values[counts > 0] = 0.0
+            best, counts = knap.greedy(values)
+            if not counts.any():
+                break
+            out.append((best - const, counts))
+        return out
+
+    def price_round(self, at: Tuple[np.ndarray, np.ndarray], lp: Tuple[np.ndarray, np.ndarray, np.ndarray],
+                    exact: bool) -> int:
+        """Price every shape at the duals `at` (pi, rho); keep a column when its reduced cost at the
+        master's own duals `lp` (pi, sigma, rho) is negative."""
+        pi_at, rho_at = at
+        pi, sigma, rho = lp
+        added = 0
+        seen: Dict[tuple, list] = {}
+        for t, pr in enumerate(self.pricers):
+            if pr.items.size == 0:
+                continue
+            key = (id(pr.knapsack("hi")), float(rho_at[t]) * pr.r, pr.shape.pod_base_mib)
+            if key not in seen:
+                seen[key] = self.candidates(pr, pi_at, rho_at[t], exact)
+            for _, counts in seen[key]:
+                if not counts.any():
+                    continue
+                p = self.pattern_from_counts(t, pr.items, counts)
+                gain = sum(pi[i] * a for i, a in p.counts) - p.replicas * (sigma[t] + rho[t] * p.host_per_pod)
+                if gain > EPS + 1e-9 * abs(sigma[t]):
+                    added += self.add_pattern(p)
+        return added
+
+    def ensure_cover(self) -> None:
+        """If the loop stopped early, a class may have no column yet: give it one of its own on the
+        shape where a server of it alone costs least per model, so the integer master is feasible."""
+        covered = np.zeros(len(self.cls), bool)
+        for p in self.patterns:
+            for i, _ in p.counts:
+                covered[i] = True
+        for i in np.flatnonzero(~covered):
+            best = None
+            for t, s in enumerate(self.shapes):
+                if not self.cls.eligible[i, t]:
                     continue
                 caps = pod_caps(s)
-                a = min(int(cls.count[i]),
-                        int(caps[0] // max(cls.d_hi[i, t], 1e-12)),
-                        int(caps[1] // max(cls.u_hi[i, t] / self.R, 1e-12)),
-                        int(caps[2] // max(cls.h_hi[i, t], 1e-12)))
+                a = min(int(self.cls.count[i]),
+                        int(caps[0] // max(self.cls.d_hi[i, t], 1e-12)),
+                        int(caps[1] // max(self.cls.u_hi[i, t] / self.R, 1e-12)),
+                        int(caps[2] // max(self.cls.h_hi[i, t], 1e-12)))
                 if a < 1:
-                    continue  # only a lo-valued member fits here; the class goes elsewhere
-                self.add_pattern(Pattern(t, ((int(i), a),), self.R, s.pod_base_mib + a * float(cls.h_hi[i, t])))
+                    continue
+                per_model = s.price / s.slots * self.R / a
+                if best is None or per_model < best[0]:
+                    best = (per_model, Pattern(t, ((int(i), a),), self.R, s.pod_base_mib + a * float(self.cls.h_hi[i, t])))
+            if best is None:
+                raise AssertionError(f"class {i}: no shape holds its largest member; classes must be finer")
+            self.add_pattern(best[1])
 
-    def run(self, deadline: float, log_every: int = 0, progress=None) -> ColGenResult:
+    def run(self, deadline: float, target_gap: float = 0.002,
+            progress: Optional[Callable[[int, float, float], None]] = None,
+            warm: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ColGenResult:
+        """Price at the master's duals until no column prices out (the LP is then optimal), the LP
+        is within `target_gap` of the best proven bound, or the deadline passes. Pricing is the
+        rounded LP relaxation of each knapsack; the exact knapsack runs only when that finds
+        nothing. `warm` duals (the fluid relaxation's) give the first bound."""
         start = time.perf_counter()
         self.seed_columns()
-        it, converged, value = 0, False, float("inf")
-        pi = np.zeros(len(self.cls))
-        rho = np.zeros(len(self.shapes))
-        # Shapes with the same pod limits and no host price share one knapsack answer per round.
-        while True:
+        self.bound = self.farley_bound(*warm) if warm is not None else 0.0
+        it, converged = self._iterate(deadline, target_gap=target_gap, progress=progress)
+        self.ensure_cover()
+        value = self._read_lp()
+        self.bound = max(self.bound, self.farley_bound(self.lp_duals, self.lp_rho))
+        return ColGenResult(self.patterns, value, self.bound, it, converged, time.perf_counter() - start)
+
+    def _iterate(self, deadline: float, target_gap: Optional[float] = None, max_rounds: int = 10**9,
+                 progress: Optional[Callable[[int, float, float], None]] = None) -> Tuple[int, bool]:
+        """Rounds of pricing; with a `target_gap` the bound is refreshed and checked as well."""
+        it, exact = 0, False
+        while it < max_rounds:
             it += 1
             value, pi, sigma, rho = self.solve_master()
-            added = 0
-            cache: Dict[tuple, Tuple[float, float, np.ndarray]] = {}
-            for t, pr in enumerate(self.pricers):
-                if pr.items.size == 0:
-                    continue
-                key = (self.shapes[t].family_key(), self.shapes[t].pod_base_mib, round(rho[t], 12), pr.items.tobytes())
-                if key not in cache:
-                    cache[key] = pr.price(pi, rho[t], "hi")
-                best, _, counts = cache[key]
-                if best > self.R * sigma[t] * (1 + 1e-9) + EPS:
-                    added += self.add_pattern(self.pattern_from_counts(t, pr.items, counts, self.R))
+            if target_gap is not None and (it % BOUND_EVERY == 0 or exact):
+                self.bound = max(self.bound, self.farley_bound(pi, rho))
             if progress:
-                progress(it, value)
-            if added == 0:
-                converged = True
-                break
+                progress(it, value, self.bound)
+            if target_gap is not None and value - self.bound <= target_gap * value:
+                return it, False
+            if self.price_round((pi, rho), (pi, sigma, rho), exact) == 0:
+                if exact:
+                    return it, True
+                exact = True
+                continue
+            exact = False
             if time.perf_counter() > deadline:
                 break
-        value, pi, sigma, rho = self.solve_master()
-        bound = self.farley_bound(pi, rho)
-        return ColGenResult(self.patterns, value, bound, it, converged, time.perf_counter() - start, pi)
+        return it, False
+
+    def _read_lp(self) -> float:
+        value, pi, _, rho = self.solve_master()
+        sol = self.h.getSolution()
+        first = len(self.shapes) + len(self.cls)
+        self.lp_values = np.asarray(sol.col_value)[first:]
+        self.lp_duals, self.lp_rho = pi, rho
+        return value
+
+    def integer_solution(self, deadline: float, rounds_per_pass: int = 12) -> Dict[int, int]:
+        """Whole servers from the LP by iterated rounding: keep every pattern's whole servers,
+        re-solve the LP (with a few pricing rounds) for the models left, and repeat; when the LP
+        has no whole server, round up its largest column (a dive). What the deadline leaves is
+        packed greedily. The bound is not touched: it was proven on the full problem."""
+        chosen: Dict[int, int] = {}
+        left = self.cls.count.astype(int).copy()
+        c = len(self.cls)
+        while left.sum() > 0 and time.perf_counter() < deadline:
+            x = self.lp_values
+            whole = np.floor(x + ROUND_UP_FROM).astype(int)  # x >= 1 - ROUND_UP_FROM rounds up
+            if not whole.any():
+                if x.size == 0 or x.max() <= 1e-9:
+                    break
+                whole[int(np.argmax(x))] = 1
+            for j in np.flatnonzero(whole):
+                chosen[int(j)] = chosen.get(int(j), 0) + int(whole[j])
+                for i, a in self.patterns[j].counts:
+                    left[i] -= int(whole[j]) * a
+            left = np.maximum(left, 0)
+            if left.sum() == 0:
+                break
+            self.h.changeRowsBounds(c, np.arange(c, dtype=np.int32), left.astype(float), np.full(c, INF))
+            self._iterate(deadline, max_rounds=rounds_per_pass)
+            self._read_lp()
+        for j, n in self.repair(left).items():
+            chosen[j] = chosen.get(j, 0) + n
+        self.h.changeRowsBounds(c, np.arange(c, dtype=np.int32), self.cls.count.astype(float), np.full(c, INF))
+        return chosen
+
+    def repair(self, left: np.ndarray) -> Dict[int, int]:
+        """Pack the models `left` greedily: each pod on the shape where it earns the most per
+        dollar, with the LP's duals as values so the scarce classes go first."""
+        chosen: Dict[int, int] = {}
+        left = left.copy()
+        values = np.maximum(self.lp_duals, 1e-6)
+        while left.sum() > 0:
+            best = None
+            for t, pr in enumerate(self.pricers):
+                per_pod = self.shapes[t].price / self.shapes[t].slots
+                for i in np.flatnonzero(self.cls.eligible[:, t] & self.cls.hot[:, t] & (left > 0)):
+                    r = int(self.cls.replicas[i, t])
+                    p = Pattern(t, ((int(i), 1),), r, self.shapes[t].pod_base_mib + float(self.cls.h_hi[i, t]))
+                    if best is None or values[i] / (per_pod * r) > best[0]:
+                        best = (values[i] / (per_pod * r), p)
+                if pr.items.size == 0 or left[pr.items].sum() == 0:
+                    continue
+                _, counts = pr.knapsack("hi").greedy(values[pr.items], ub=left[pr.items])
+                if counts.any():
+                    score = float(np.dot(values[pr.items], counts)) / (per_pod * self.R)
+                    if best is None or score > best[0]:
+                        best = (score, self.pattern_from_counts(t, pr.items, counts))
+            if best is None:
+                raise AssertionError("models left that no shape can take")
+            j = self.index_of(best[1])
+            chosen[j] = chosen.get(j, 0) + 1
+            for i, a in best[1].counts:
+                left[i] = max(0, left[i] - a)
+        return chosen
+
+    def fits(self, p: Pattern, t: int) -> Optional[Pattern]:
+        """The same server on shape t, if every model may go there and the pod still fits."""
+        cls, s = self.cls, self.shapes[t]
+        if not all(cls.eligible[i, t] for i, _ in p.counts):
+            return None
+        hot = [i for i, _ in p.counts if cls.hot[i, t]]
+        if hot:
+            if len(p.counts) != 1:
+                return None
+            i = hot[0]
+            return Pattern(t, p.counts, int(cls.replicas[i, t]), s.pod_base_mib + float(cls.h_hi[i, t]))
+        if any(cls.hot[i, p.shape] for i, _ in p.counts):
+            return None  # a hot model's own server there, a shared one here: not the same server
+        caps = pod_caps(s)
+        mem = sum(cls.d_hi[i, t] * a for i, a in p.counts)
+        load = sum(cls.u_hi[i, t] * a for i, a in p.counts) / self.R
+        host = sum(cls.h_hi[i, t] * a for i, a in p.counts)
+        if mem <= caps[0] and load <= caps[1] and host <= caps[2]:
+            return Pattern(t, p.counts, self.R, s.pod_base_mib + host)
+        return None
+
+    def enumerate_all(self, limit: int) -> bool:
+        """Add every feasible server pattern (small problems only). False if there are more than
+        `limit`: then the columns added so far are kept, and column generation goes on."""
+        self.seed_columns()
+        total = 0
+        for t, pr in enumerate(self.pricers):
+            if pr.items.size == 0:
+                continue
+            found = all_fillings(pr.knapsack("hi"), limit - total)
+            if found is None:
+                return False
+            total += len(found)
+            for counts in found:
+                self.add_pattern(self.pattern_from_counts(t, pr.items, counts))
+        return True
+
+    def index_of(self, p: Pattern) -> int:
+        self.add_pattern(p)
+        return self._index[(p.shape, p.counts, p.replicas)]
 
     # -- bound ------------------------------------------------------------------------------------
     def node_value_bound(self, t: int, pi: np.ndarray, rho: float) -> float:
-        """V_t: what one node of shape t can earn at duals pi, proven (lo values, MIP dual bound)."""
+        """V_t: what one node of shape t can earn at duals pi, proven (lo values, knapsack bound)."""
         s, cls = self.shapes[t], self.cls
         per_slot = 0.0
         pr = self.pricers[t]
         if pr.items.size:
-            _, ub, _ = pr.price(pi, rho, "lo")
-            per_slot = max(per_slot, ub / self.R)
+            knap = pr.knapsack("lo")
+            key = (id(knap), rho * pr.r, s.pod_base_mib)
+            if key not in self._slot_cache:
+                values, const = pr.values(pi, rho, "lo")
+                self._slot_cache[key] = (knap.upper_bound(values) - const) / self.R
+            per_slot = max(per_slot, self._slot_cache[key])
         for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t]):
             r = int(cls.replicas[i, t])
             per_slot = max(per_slot, (pi[i] - r * rho * (s.pod_base_mib + cls.h_lo[i, t])) / r)
         return s.slots * per_slot + s.host_alloc_mib * rho
 
     def farley_bound(self, pi: np.ndarray, rho: np.ndarray) -> float:
-        theta = 1.0
+        """theta x sum_i n_i pi_i with theta = min_t price_t / V_t: theta pi is dual feasible, so
+        this is a lower bound for *any* pi, rho >= 0 (theta may exceed 1 when no node earns its price)."""
+        theta = float("inf")
+        self._slot_cache: Dict[tuple, float] = {}
         for t, s in enumerate(self.shapes):
             v = self.node_value_bound(t, pi, float(rho[t]))
             if v > EPS:
                 theta = min(theta, s.price / v)
+        if not np.isfinite(theta):
+            return 0.0
         return max(0.0, theta * float(np.dot(self.cls.count, pi)))

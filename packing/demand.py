@@ -76,7 +76,8 @@ def build_demand(
         u[:, j] = rps * la / 1000.0 / s.cores_per_device
         # The queueing allowance per model: its own service time at the utilisation cap (W90 is
         # proportional to the service time, so one factor per shape serves every model).
-        allowance = la * wait_p90_ms(s.cores_per_device, cap_u, 1.0)
+        factor = wait_p90_ms(s.cores_per_device, cap_u, 1.0)
+        allowance = np.where(la > 0, la * factor, 0.0) if np.isfinite(factor) else np.where(la > 0, np.inf, 0.0)
         fits = dev <= s.device_memory_cap_mib * (1 + TOLERANCE)
         fits &= (s.pod_base_mib + host) <= s.host_alloc_mib * (1 + TOLERANCE)
         slo_ok = p9 + allowance <= slo * (1 + TOLERANCE)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import pulp
 
+from packing.classes import Classes
 from packing.colgen import Pattern
 from packing.resources import NodeShape
 
@@ -58,10 +60,122 @@ def integer_master(
 
     solver = pulp.HiGHS(msg=False, timeLimit=max(1.0, time_limit), gapRel=gap, threads=1)
     prob.solve(solver)
-    status = pulp.LpStatus[prob.status]
-    if status != "Optimal" and not all(v.varValue is not None for v in servers.values()):
-        raise RuntimeError(f"the integer master found no solution ({status}) within {time_limit:.1f} s")
+    # PuLP reports a time-limited incumbent as "Optimal"; its solution status tells them apart.
+    found = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if not found or any(v.varValue is None for v in servers.values()):
+        raise RuntimeError(f"the integer master found no solution ({pulp.LpStatus[prob.status]}) within {time_limit:.1f} s")
+    status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time limit (best found)"
     chosen = {j: int(round(v.varValue or 0)) for j, v in servers.items() if (v.varValue or 0) > 0.5}
     n_nodes = {t: int(round(v.varValue or 0)) for t, v in nodes.items() if (v.varValue or 0) > 0.5}
     cost = sum(shapes[t].price * n for t, n in n_nodes.items())
-    return IntegerSolution(chosen, n_nodes, cost, status == "Optimal", status)
+    return IntegerSolution(chosen, n_nodes, cost, status == "optimal", status)
+
+
+@dataclass(frozen=True)
+class ServerGroup:
+    """`count` identical servers and, per shape they fit, their (pods, host memory per pod)."""
+
+    count: int
+    options: Dict[int, Tuple[int, float]]
+
+
+def choose_shapes(groups: Sequence[ServerGroup], shapes: Sequence[NodeShape], time_limit: float) -> List[Dict[int, int]]:
+    """Which instance type each server goes on, given the servers: the whole-node rounding.
+
+        minimise    sum_t price_t N_t
+        subject to  sum_t w_gt = count_g                          every server placed
+                    sum_g pods_gt w_gt <= slots_t N_t             one pod per device
+                    sum_g pods_gt host_gt w_gt <= host_t N_t      node memory
+                    w, N integer >= 0
+
+    The LP spreads servers over several sizes of a family; rounding each size up to whole nodes
+    on its own can cost a large node for a few pods. Returns per group {shape: servers}.
+    """
+    prob = pulp.LpProblem("shapes", pulp.LpMinimize)
+    used = sorted({t for g in groups for t in g.options})
+    nodes = {t: pulp.LpVariable(f"nodes_{t}", lowBound=0, cat=pulp.LpInteger) for t in used}
+    w = {(k, t): pulp.LpVariable(f"servers_{k}_{t}", lowBound=0, upBound=g.count, cat=pulp.LpInteger)
+         for k, g in enumerate(groups) for t in g.options}
+    prob += pulp.lpSum(shapes[t].price * nodes[t] for t in used)
+    for k, g in enumerate(groups):
+        prob += pulp.lpSum(w[k, t] for t in g.options) == g.count, f"place_{k}"
+    for t in used:
+        mine = [(k, g.options[t]) for k, g in enumerate(groups) if t in g.options]
+        prob += pulp.lpSum(pods * w[k, t] for k, (pods, _) in mine) <= shapes[t].slots * nodes[t], f"slots_{t}"
+        prob += pulp.lpSum(pods * host * w[k, t] for k, (pods, host) in mine) <= shapes[t].host_alloc_mib * nodes[t], f"host_{t}"
+    prob.solve(pulp.HiGHS(msg=False, timeLimit=max(0.5, time_limit), gapRel=1e-4, threads=1))
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        raise RuntimeError(f"choosing instance types found no solution ({pulp.LpStatus[prob.status]})")
+    out: List[Dict[int, int]] = [dict() for _ in groups]
+    for (k, t), v in w.items():
+        n = int(round(v.varValue or 0))
+        if n:
+            out[k][t] = n
+    return out
+
+
+@dataclass
+class FluidSolution:
+    value: float
+    pi: np.ndarray  # per class: the marginal cost of one more model
+    rho: np.ndarray  # per shape: the price of one MiB of node host memory
+    servers: np.ndarray  # per (class, shape): models placed there (fractional)
+
+
+def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: int) -> FluidSolution:
+    """The fluid LP: models may be split across pods, pods across nodes. It relaxes the real
+    problem (with the classes' `lo` values), so its value is a lower bound, and its duals are a
+    good start for the Farley bound, which puts back that a model cannot be split.
+
+        minimise    sum_t price_t N_t
+        subject to  sum_t y_it + sum_t z_it >= n_i                       (pi_i)
+                    sum_i d_it y_it <= cap_t P_t                         pod memory
+                    sum_i u_it / R y_it <= U P_t                         pod utilisation
+                    R P_t + sum_i r_it z_it <= slots_t N_t               one pod per device
+                    sum_i R h_it y_it + R base P_t
+                      + sum_i r_it (base + h_it) z_it <= host_t N_t      (rho_t) node memory
+    where y are models in shared pods, z hot models' own servers (r_it replicas each).
+    """
+    R = min_replicas
+    prob = pulp.LpProblem("fluid", pulp.LpMinimize)
+    n_cls, n_shapes = len(cls), len(shapes)
+    nodes = [pulp.LpVariable(f"nodes_{t}", lowBound=0) for t in range(n_shapes)]
+    pods = [pulp.LpVariable(f"servers_{t}", lowBound=0) for t in range(n_shapes)]
+    y: Dict[tuple, pulp.LpVariable] = {}
+    z: Dict[tuple, pulp.LpVariable] = {}
+    for i in range(n_cls):
+        for t in np.flatnonzero(cls.eligible[i]):
+            if cls.hot[i, t]:
+                z[i, t] = pulp.LpVariable(f"own_{i}_{t}", lowBound=0)
+            else:
+                y[i, t] = pulp.LpVariable(f"shared_{i}_{t}", lowBound=0)
+    prob += pulp.lpSum(s.price * nodes[t] for t, s in enumerate(shapes))
+    by_class: Dict[int, List] = defaultdict(list)
+    by_shape: Dict[int, List] = defaultdict(list)
+    for (i, t), v in list(y.items()) + list(z.items()):
+        by_class[i].append(v)
+        by_shape[int(t)].append((i, v, (i, t) in z))
+    cover = {}
+    for i in range(n_cls):
+        cover[i] = pulp.lpSum(by_class[i]) >= int(cls.count[i])
+        prob += cover[i], f"place_{i}"
+    host_rows = {}
+    for t, s in enumerate(shapes):
+        shared = [(i, v) for i, v, own in by_shape[t] if not own]
+        own = [(i, v) for i, v, own in by_shape[t] if own]
+        prob += pulp.lpSum(cls.d_lo[i, t] * v for i, v in shared) <= s.device_memory_cap_mib * pods[t], f"memory_{t}"
+        prob += pulp.lpSum(cls.u_lo[i, t] / R * v for i, v in shared) <= s.utilisation_cap * pods[t], f"load_{t}"
+        prob += R * pods[t] + pulp.lpSum(int(cls.replicas[i, t]) * v for i, v in own) <= s.slots * nodes[t], f"slots_{t}"
+        host_rows[t] = (pulp.lpSum(R * cls.h_lo[i, t] * v for i, v in shared) + R * s.pod_base_mib * pods[t]
+                        + pulp.lpSum(int(cls.replicas[i, t]) * (s.pod_base_mib + cls.h_lo[i, t]) * v for i, v in own)
+                        <= s.host_alloc_mib * nodes[t])
+        prob += host_rows[t], f"host_{t}"
+    prob.solve(pulp.HiGHS(msg=False, threads=1))
+    if prob.status != pulp.LpStatusOptimal:
+        raise RuntimeError(f"the fluid relaxation did not solve: {pulp.LpStatus[prob.status]}")
+    pi = np.array([max(0.0, prob.constraints[f"place_{i}"].pi or 0.0) for i in range(n_cls)])
+    rho = np.array([max(0.0, -(prob.constraints[f"host_{t}"].pi or 0.0)) for t in range(n_shapes)])
+    placed = np.zeros((n_cls, n_shapes))
+    for (i, t), v in y.items():
+        placed[i, t] = v.varValue or 0.0
+    return FluidSolution(float(pulp.value(prob.objective)), pi, rho, placed)

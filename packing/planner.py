@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
@@ -11,14 +11,16 @@ from packing.assemble import BuiltServer, fill_servers, memory_request_mib, plac
 from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
 from packing.demand import Demand, build_demand
-from packing.formulation import integer_master
+from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master
 from packing.loads import ModelLoad, PodLoad
 from packing.queueing import predicted_p90_ms
 from packing.resources import NodeShape, PackingOptions, node_shapes
 
 # Below this many models every model is its own class: classes are exact and cheap.
-EXACT_CLASSES_UP_TO = 300
-CLASS_RESOLUTION = 0.005
+EXACT_CLASSES_UP_TO = 60
+CLASS_RESOLUTION = 0.005  # memory buckets: memory usually binds, so they are narrow
+LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo keep it honest
+EXACT_PATTERNS_UP_TO = 20_000
 
 
 @dataclass
@@ -41,6 +43,31 @@ def _server_ids(servers: Sequence[BuiltServer], shapes: Sequence[NodeShape]) -> 
     return ids
 
 
+def rehome(cg: ColumnGeneration, chosen: Dict[int, int], shapes: Sequence[NodeShape], time_limit: float) -> Dict[int, int]:
+    """Let every chosen server move to any instance type of its processor where it fits, then
+    round to whole nodes once, over all of them (`choose_shapes`)."""
+    keys = sorted(chosen)
+    groups = []
+    for j in keys:
+        p = cg.patterns[j]
+        options = {}
+        for t, s in enumerate(shapes):
+            if s.processor == shapes[p.shape].processor:
+                q = p if t == p.shape else cg.fits(p, t)
+                if q is not None:
+                    options[t] = (q.replicas, q.host_per_pod)
+        groups.append(ServerGroup(chosen[j], options))
+    split = choose_shapes(groups, shapes, time_limit)
+    out: Dict[int, int] = {}
+    for j, where in zip(keys, split, strict=True):
+        p = cg.patterns[j]
+        for t, n in where.items():
+            q = p if t == p.shape else cg.fits(p, t)
+            k = cg.index_of(q)
+            out[k] = out.get(k, 0) + n
+    return out
+
+
 def plan_servers(
     models: Sequence[ModelSpec],
     profiles: Mapping[str, Mapping[str, Profile]],
@@ -56,24 +83,38 @@ def plan_servers(
     shapes = node_shapes(catalogue, opts)
     dem = build_demand(models, profiles, shapes, opts)
     resolution = 0.0 if len(models) <= EXACT_CLASSES_UP_TO else CLASS_RESOLUTION
-    cls = build_classes(dem, opts.max_utilization, resolution)
+    cls = build_classes(dem, opts.max_utilization, resolution, LOAD_RESOLUTION)
     say(f"{len(models)} models in {len(cls)} classes over {len(shapes)} instance types")
 
+    fluid = fluid_relaxation(cls, shapes, opts.min_replicas)
+    say(f"fluid relaxation: ${fluid.value:.3f}/h")
     cg = ColumnGeneration(cls, shapes, opts.min_replicas)
-    cg_deadline = start + 0.6 * opts.time_limit_s
-    result = cg.run(cg_deadline, progress=lambda it, v: say(f"column generation: round {it}, LP ${v:.3f}/h"))
-    say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
-        f"bound ${result.lower_bound:.3f}/h")
-
-    ip = integer_master(result.patterns, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
-    built = fill_servers(ip.servers, result.patterns, cls, dem)
+    exact = len(models) <= EXACT_CLASSES_UP_TO and cg.enumerate_all(limit=EXACT_PATTERNS_UP_TO)
+    if exact:
+        # Small enough to list every server pattern: the integer master over all of them is exact
+        # (up to the node-level host memory it aggregates), and its proven optimum is a bound.
+        ip = integer_master(cg.patterns, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
+        chosen = ip.servers
+        lower = max(fluid.value, ip.cost if ip.optimal else 0.0)
+        lp_value, rounds, converged = ip.cost, 0, ip.optimal
+        say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
+    else:
+        result = cg.run(start + 0.6 * opts.time_limit_s, warm=(fluid.pi, fluid.rho),
+                        progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
+        say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
+            f"bound ${result.lower_bound:.3f}/h")
+        chosen = cg.integer_solution(start + 0.85 * opts.time_limit_s)
+        chosen = rehome(cg, chosen, shapes, max(0.5, deadline - time.perf_counter()))
+        lower = max(fluid.value, result.lower_bound)
+        lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
+    built = fill_servers(chosen, cg.patterns, cls, dem)
     nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
     solve_seconds = time.perf_counter() - start
 
     platform = float(sum(catalogue.platform.values()))
     instances = {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
     cost = sum(shapes[t].price * n for t, n in nodes.items()) + platform
-    bound = min(result.lower_bound + platform, cost)
+    bound = min(lower + platform, cost)
     ids = _server_ids(built, shapes)
 
     servers_json, pods = [], []
@@ -102,9 +143,9 @@ def plan_servers(
         "schema": 1,
         "inputs": dict(inputs or {}),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items() if k != "time_limit_s"},
-        "solver": {"name": "column-generation+highs", "classes": len(cls), "columns": len(result.patterns),
-                   "rounds": result.iterations, "lp_converged": result.converged,
-                   "lp_per_hour": round(result.lp_value + platform, 6), "integer_status": ip.status,
+        "solver": {"name": "exact-enumeration+highs" if exact else "column-generation+highs", "classes": len(cls),
+                   "columns": len(cg.patterns), "rounds": rounds, "lp_converged": converged,
+                   "lp_per_hour": round(lp_value + platform, 6), "fluid_per_hour": round(fluid.value + platform, 6),
                    "time_limit_s": opts.time_limit_s},
         "instances": instances,
         "cost_per_hour": round(cost, 6),
@@ -112,7 +153,7 @@ def plan_servers(
         "lower_bound_per_hour": round(bound, 6) if bound < cost else round(cost, 6),
         "gap": round((cost - bound) / cost, 6) if cost > 0 else 0.0,
         "solve_seconds": round(solve_seconds, 3),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "servers": servers_json,
         "profile_sources": {m.id: dict(profile_sources.get(m.id, {})) for m in models},
     })
