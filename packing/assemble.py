@@ -26,6 +26,7 @@ class BuiltServer:
     models: List[int]  # model indices into Demand
     host_per_pod: float = 0.0
     placements: List[Tuple[int, int]] = field(default_factory=list)  # (node index, device index)
+    pattern: int = -1
 
 
 @dataclass
@@ -48,7 +49,7 @@ def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Class
                 cursor[i] += len(take)
                 models.extend(int(m) for m in take)
             if models:
-                built.append(BuiltServer(p.shape, p.replicas, sorted(models)))
+                built.append(BuiltServer(p.shape, p.replicas, sorted(models), pattern=j))
     left = sum(len(p) - c for p, c in zip(pools, cursor))
     if left:
         raise AssertionError(f"{left} models left unplaced by the integer solution")
@@ -84,6 +85,32 @@ def place_on_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spre
             node.servers.add(k)
             s.placements.append((n, device))
     return {t: len(ns) for t, ns in nodes_by_shape.items()}
+
+
+def place_as_solved(servers: List[BuiltServer], pods: Sequence[Tuple[int, int, int]]) -> Dict[int, int]:
+    """Placements from an exact node-level solution: `pods` lists (pattern, shape, node) once per
+    pod; each pattern's pods are dealt round-robin to its servers. Returns nodes per shape."""
+    by_pattern: Dict[int, List[Tuple[int, int]]] = {}
+    for j, t, k in sorted(pods):
+        by_pattern.setdefault(j, []).append((t, k))
+    mine: Dict[int, List[BuiltServer]] = {}
+    for s in servers:
+        mine.setdefault(s.pattern, []).append(s)
+    renumber: Dict[Tuple[int, int], int] = {}
+    devices: Dict[Tuple[int, int], int] = {}
+    for j, group in mine.items():
+        slots = by_pattern[j]
+        for q, s in enumerate(group):
+            for t, k in slots[q::len(group)][: s.replicas]:
+                if (t, k) not in renumber:
+                    renumber[t, k] = sum(1 for (u, _) in renumber if u == t)
+                n = renumber[t, k]
+                s.placements.append((n, devices.get((t, n), 0)))
+                devices[t, n] = devices.get((t, n), 0) + 1
+    used: Dict[int, int] = {}
+    for t, _ in renumber:
+        used[t] = used.get(t, 0) + 1
+    return used
 
 
 def pod_figures(s: BuiltServer, dem: Demand) -> Tuple[float, float, float, float]:

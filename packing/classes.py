@@ -52,6 +52,26 @@ def _bucket(x: np.ndarray, floor: float, ratio: float) -> np.ndarray:
     return out
 
 
+def _memory_runs(dem: Demand, coarse: np.ndarray, resolution: float) -> np.ndarray:
+    first = {}
+    for j, s in enumerate(dem.shapes):
+        first.setdefault(s.processor, j)
+    figures = np.concatenate([np.stack([dem.d[:, j], dem.h[:, j]], axis=1) for j in first.values()], axis=1)
+    figures = np.maximum(figures, MEMORY_FLOOR_MIB)
+    order = np.lexsort(tuple(figures[:, k] for k in reversed(range(figures.shape[1]))) + (coarse,))
+    run = np.empty(len(coarse), np.int64)
+    current, low, group = -1, None, None
+    limit = 1.0 + resolution
+    rows = figures.tolist()
+    for m in order.tolist():
+        f = rows[m]
+        if group != coarse[m] or any(x > lo * limit for x, lo in zip(f, low, strict=True)):
+            current += 1
+            group, low = coarse[m], f
+        run[m] = current
+    return run
+
+
 def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005, load_resolution: float = 0.05) -> Classes:
     """Group models; `resolution` is the relative width of a memory bucket, `load_resolution` of a
     load bucket (resolution 0: only identical models share a class)."""
@@ -64,14 +84,7 @@ def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005
         for a in (dem.d, dem.h, dem.u):
             cols.append(np.unique(a, axis=0, return_inverse=True)[1].reshape(n, 1).astype(np.int64))
     else:
-        # Memory: one bucket per processor, fine-grained (memory is usually what binds).
-        seen = set()
-        for j, s in enumerate(dem.shapes):
-            if s.processor not in seen:
-                seen.add(s.processor)
-                cols.append(_bucket(dem.d[:, j], MEMORY_FLOOR_MIB, resolution)[:, None])
-                cols.append(_bucket(dem.h[:, j], MEMORY_FLOOR_MIB, resolution)[:, None])
-        # Load: one coarser bucket on the model's largest load relative to the cap. Loads on
+        # Load: one coarse bucket on the model's largest load relative to the cap. Loads on
         # different shapes move together (the same rps times each processor's latency), so one
         # scalar keeps classes few; hi/lo are still taken per shape, so nothing is assumed.
         load = np.where(dem.eligible, dem.u, 0.0).max(axis=1) / utilisation_cap
@@ -83,6 +96,10 @@ def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005
         key = _bucket(load, LOAD_FLOOR, load_resolution)
         key[load <= MEMORY_BOUND_LOAD * memory_share] = -2
         cols.append(key[:, None])
+        coarse = np.unique(np.concatenate(cols, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+        # Memory: within each coarse group, runs of models whose every memory figure stays
+        # within `resolution` of the run's smallest (models sorted by their first figure).
+        cols.append(_memory_runs(dem, coarse, resolution)[:, None])
     keys = np.concatenate(cols, axis=1)
     _, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)

@@ -103,6 +103,7 @@ class ShapePricer:
         self.j, self.shape, self.r, self.cls = j, shape, replicas, cls
         self.items = np.flatnonzero(cls.eligible[:, j] & ~cls.hot[:, j])
         self._shared = shared
+        self._keys: Dict[str, tuple] = {}
 
     def _arrays(self, side: str):
         c, j, it = self.cls, self.j, self.items
@@ -122,7 +123,9 @@ class ShapePricer:
         return (side, self.shape.processor, self.shape.cores_per_device, caps[0], caps[1], host_cap, self.items.tobytes())
 
     def knapsack(self, side: str) -> Knapsack:
-        key = self.key(side)
+        if side not in self._keys:
+            self._keys[side] = self.key(side)
+        key = self._keys[side]
         if key not in self._shared:
             d, u, g = self._arrays(side)
             caps = pod_caps(self.shape)[:2] + (key[5],)

@@ -101,17 +101,29 @@ class Knapsack:
         else:
             size = shares.max(axis=0)
         order = pos[np.argsort(-values[pos] / np.maximum(size, 1e-12), kind="stable")]
-        left = np.array(self.caps, float) - np.array([self.w @ counts, self.l @ counts, self.g @ counts])
-        smallest = np.array([self.w[pos].min(), self.l[pos].min(), self.g[pos].min()])
-        for i in order:
-            need = np.array((self.w[i], self.l[i], self.g[i]))
-            room = np.floor(np.min(np.where(need > 0, left / np.maximum(need, 1e-300), np.inf)))
-            take = int(min(ub[i] - counts[i], room))
+        # Plain floats: this loop runs thousands of times per solve and numpy's per-call cost
+        # on three-element arrays would dominate it.
+        lw, ll, lg = (float(c) - float(x @ counts) for c, x in zip(self.caps, (self.w, self.l, self.g), strict=True))
+        min_w, min_l, min_g = float(self.w[pos].min()), float(self.l[pos].min()), float(self.g[pos].min())
+        w, lo, g, top = self.w.tolist(), self.l.tolist(), self.g.tolist(), ub.tolist()
+        out = counts.tolist()
+        for i in order.tolist():
+            room = top[i] - out[i]
+            if w[i] > 0:
+                room = min(room, lw // w[i])
+            if lo[i] > 0:
+                room = min(room, ll // lo[i])
+            if g[i] > 0:
+                room = min(room, lg // g[i])
+            take = int(room)
             if take > 0:
-                counts[i] += take
-                left -= take * need
-                if (left < smallest).any():
+                out[i] += take
+                lw -= take * w[i]
+                ll -= take * lo[i]
+                lg -= take * g[i]
+                if lw < min_w or ll < min_l or lg < min_g:
                     break  # nothing more fits
+        counts = np.array(out, dtype=int)
         return float(np.dot(values, counts)), counts
 
     def lp_round(self, values: np.ndarray) -> Tuple[float, np.ndarray]:

@@ -7,20 +7,21 @@ from datetime import UTC, datetime
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
-from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_on_nodes, pod_figures
+from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
 from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
 from packing.demand import Demand, build_demand
-from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master
+from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master, integer_nodes
 from packing.loads import ModelLoad, PodLoad
 from packing.queueing import predicted_p90_ms
 from packing.resources import NodeShape, PackingOptions, node_shapes
 
 # Below this many models every model is its own class: classes are exact and cheap.
 EXACT_CLASSES_UP_TO = 60
-CLASS_RESOLUTION = 0.005  # memory buckets: memory usually binds, so they are narrow
+CLASS_RESOLUTION = 0.02  # memory runs: memory usually binds, so they are narrow
 LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo keep it honest
 EXACT_PATTERNS_UP_TO = 20_000
+EXACT_NODES_PER_TYPE = 12
 
 
 @dataclass
@@ -109,6 +110,16 @@ def plan_servers(
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
     built = fill_servers(chosen, cg.patterns, cls, dem)
     nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
+    placed = sum(shapes[t].price * n for t, n in nodes.items())
+    if exact and placed > ip.cost + 1e-9:
+        # The integer master counted node memory in aggregate and no per-node packing matches
+        # it: solve with every node explicit, within the cost of the packing we already have.
+        limits = {t: min(EXACT_NODES_PER_TYPE, int(placed / shapes[t].price + 1e-9))
+                  for t in {p.shape for p in cg.patterns}}
+        exact_nodes = integer_nodes(cg.patterns, cls.count, shapes, limits, max(1.0, deadline - time.perf_counter()))
+        if exact_nodes.cost < placed - 1e-9:
+            built = fill_servers(exact_nodes.servers, cg.patterns, cls, dem)
+            nodes = place_as_solved(built, exact_nodes.pods)
     solve_seconds = time.perf_counter() - start
 
     platform = float(sum(catalogue.platform.values()))

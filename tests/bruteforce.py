@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from contracts import ModelSpec
@@ -78,6 +77,7 @@ class BruteForce:
         self.shapes = list(shapes)
         self.max_u = max_utilization
         self.need = needs(models, shapes)
+        self._node_pods: Dict[Tuple[FrozenSet[int], int], Optional[Tuple[Tuple[int, ...], ...]]] = {}
 
     def pod_host(self, pod: Sequence[int], t: int) -> Optional[float]:
         """The pod's host memory if `pod` fits one pod of shape t, else None."""
@@ -94,9 +94,13 @@ class BruteForce:
             return None
         return host
 
-    @lru_cache(maxsize=None)  # noqa: B019 - one instance per test case
     def node_pods(self, block: FrozenSet[int], t: int) -> Optional[Tuple[Tuple[int, ...], ...]]:
         """A split of `block` into pods that one node of shape t holds, or None if none does."""
+        if (block, t) not in self._node_pods:
+            self._node_pods[(block, t)] = self._split(block, t)
+        return self._node_pods[(block, t)]
+
+    def _split(self, block: FrozenSet[int], t: int) -> Optional[Tuple[Tuple[int, ...], ...]]:
         s = self.shapes[t]
         for pods in set_partitions(sorted(block)):
             if len(pods) > s.slots:

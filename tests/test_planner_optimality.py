@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from contracts import InstanceCatalogue, ModelCatalogue, ModelSpec, parse
@@ -81,6 +81,50 @@ def nodes_described(plan) -> List[str]:
     return [f"{t}#{i}: {', '.join(pods)}" for (t, i), pods in sorted(by_node.items())]
 
 
+# -- small cases ---------------------------------------------------------------------------------
+
+def inline(dev: float, host: float, latency: float) -> dict:
+    return {"device_memory_mib": dev, "host_memory_mib": host, "latency_ms": latency}
+
+
+def inf1_type(name: str, price: float, vcpu: int, memory_gib: float, devices: int, device_gib: float, cores: int,
+              max_pods: int) -> dict:
+    return {"name": name, "processor": "inf1", "price_per_hour": price, "vcpu": vcpu, "memory_gib": memory_gib,
+            "devices": devices, "device_memory_gib": device_gib, "cores_per_device": cores, "max_pods": max_pods}
+
+
+def tiny_model(i: int, rps: float, **profiles) -> dict:
+    return {"id": f"m{i}", "rps": rps, "profiles": {p: inline(*v) for p, v in profiles.items()}}
+
+
+# Two cases the property test found (kept as explicit examples of it): each time the integer
+# master's aggregate host-memory row accepts pods that the nodes cannot hold one by one.
+FOUND_HOST_AGGREGATE_1 = {
+    "models": [tiny_model(0, 0.8081, inf1=(1125, 1078, 81.0)), tiny_model(1, 6.9318, inf1=(1594, 1024, 48.0)),
+               tiny_model(2, 0.2182, inf1=(101, 166, 100.0)), tiny_model(3, 3.369, inf1=(247, 61, 102.0)),
+               tiny_model(4, 1.2587, inf1=(651, 67, 104.0)), tiny_model(5, 6.2567, inf1=(61, 1078, 34.0))],
+    "catalogue": {"cpu_slice_vcpu": 2, "server_base": {"cpu_m": 100, "memory_mib": 200},
+                  "daemonset_overhead": {"cpu_m": 50, "memory_mib": 120}, "platform": {"eks_control_plane": 0.1},
+                  "instances": [inf1_type("inf1.t0", 1.825, 8, 8, 1, 4, 2, 16), inf1_type("inf1.t1", 0.182, 8, 3, 4, 4, 2, 10)]},
+    "max_util": 0.6, "max_dev_gib": None,
+}
+FOUND_HOST_AGGREGATE_2 = {
+    "models": [tiny_model(0, 4.2931, inf1=(360, 213, 116.0)), tiny_model(1, 17.8935, inf1=(186, 383, 35.0)),
+               tiny_model(2, 3.9151, inf1=(644, 383, 106.0)),
+               tiny_model(3, 3.1873, inf1=(665, 502, 116.0), cpu=(0, 368, 68.44)),
+               tiny_model(4, 5.3388, inf1=(387, 2000, 106.0)), tiny_model(5, 8.9078, inf1=(438, 213, 72.0))],
+    "catalogue": {"cpu_slice_vcpu": 2, "server_base": {"cpu_m": 0, "memory_mib": 50},
+                  "daemonset_overhead": {"cpu_m": 50, "memory_mib": 0}, "platform": {"eks_control_plane": 0.1},
+                  "instances": [
+                      {"name": "c5.t0", "processor": "cpu", "price_per_hour": 0.08, "vcpu": 2, "memory_gib": 2,
+                       "cores_per_device": 2, "max_pods": 9},
+                      {"name": "c5.t1", "processor": "cpu", "price_per_hour": 0.14, "vcpu": 2, "memory_gib": 2,
+                       "cores_per_device": 2, "max_pods": 18},
+                      inf1_type("inf1.t2", 0.724, 16, 3, 3, 1, 1, 6)]},
+    "max_util": 0.83, "max_dev_gib": None,
+}
+
+
 # -- tiny random instances against the brute force ---------------------------------------------
 
 @st.composite
@@ -132,6 +176,8 @@ def tiny_cases(draw) -> Dict[str, Any]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(case=tiny_cases())
+@example(case=FOUND_HOST_AGGREGATE_1)
+@example(case=FOUND_HOST_AGGREGATE_2)
 def test_planner_matches_brute_force(case):
     opts = PackingOptions(max_utilization=case["max_util"], max_device_memory_gib=case["max_dev_gib"])
     catalogue = parse(InstanceCatalogue, case["catalogue"], "instances.yaml")
@@ -205,34 +251,34 @@ def test_a_model_that_fits_nowhere_is_named():
 
 # -- regressions found by the property test ------------------------------------------------------
 
-def inline(dev: float, host: float, latency: float) -> dict:
-    return {"device_memory_mib": dev, "host_memory_mib": host, "latency_ms": latency}
-
-
-def test_pods_are_grouped_into_nodes_by_real_host_memory():
-    """The integer master counts a shape's host memory in aggregate (sum over its pods <= N x
-    allocatable), so it may choose pods that no N nodes can hold one by one. Here it picks
-    [m2] [m0 m3] [m4] [m1]: 4 pods, 4487 MiB <= 2 x 2585, yet m2's pod (2176 MiB) leaves 409 MiB on
-    its node, less than any other pod, so placement opens a third node ($0.99/h). The optimum is 2
-    nodes ($0.66/h): [m0] [m2] | [m1 m3] [m4]."""
-    model_dicts = [
-        {"id": "m0", "rps": 1.8939, "profiles": {"inf1": inline(277, 86, 48.0)}},
-        {"id": "m1", "rps": 6.6667, "profiles": {"inf1": inline(1694, 455, 45.0)}},
-        {"id": "m2", "rps": 8.3227, "profiles": {"inf1": inline(745, 1976, 71.0)}},
-        {"id": "m3", "rps": 3.6364, "profiles": {"inf1": inline(101, 715, 100.0)}},
-        {"id": "m4", "rps": 27.2727, "profiles": {"inf1": inline(701, 455, 20.0)}},
-    ]
-    catalogue_dict = {
-        "server_base": {"cpu_m": 250, "memory_mib": 200},
-        "instances": [{"name": "inf1.t0", "processor": "inf1", "price_per_hour": 0.33, "vcpu": 16, "memory_gib": 3,
-                       "devices": 2, "device_memory_gib": 2, "cores_per_device": 1, "max_pods": 12}],
-    }
-    opts = PackingOptions(max_utilization=1.0)
+def test_pods_fit_their_nodes_one_by_one():
+    """Three models whose pods take 900 MiB of host memory each; a node allocates 1638 MiB, so
+    no node holds two of them. inf1.two ($1.00, 2 devices) looks like 2 nodes for all three to a
+    model that only sums host memory over a shape (2700 <= 2 x 1638), but needs 3 ($3.00); three
+    inf1.one ($0.90, 1 device) cost $2.70, the optimum."""
+    model_dicts = [{"id": f"m{i}", "rps": 1.0, "profiles": {"inf1": inline(100, 900, 10)}} for i in range(3)]
+    catalogue_dict = {"instances": [inf1_type("inf1.two", 1.0, 4, 2, 2, 1, 4, 5), inf1_type("inf1.one", 0.9, 4, 2, 1, 1, 4, 5)]}
+    opts = PackingOptions()
     models, catalogue, result = solve(model_dicts, catalogue_dict, opts)
     shapes = node_shapes(catalogue, opts)
-    assert BruteForce(models, shapes, 1.0).solve()[0] == pytest.approx(0.66)
-    assert violations(result.plan, models, shapes, 1.0) == []
-    assert result.plan.instances == {"inf1.t0": 2}, nodes_described(result.plan)
+    assert [(s.slots, s.host_alloc_mib, s.pod_base_mib) for s in shapes] == [(2, 1638.0, 0.0), (1, 1638.0, 0.0)]
+    assert BruteForce(models, shapes, opts.max_utilization).solve()[0] == pytest.approx(2.7)
+    assert violations(result.plan, models, shapes, opts.max_utilization) == []
+    assert result.plan.instances == {"inf1.one": 3}, nodes_described(result.plan)
+
+
+def test_pricing_is_not_shared_between_shapes_with_different_host_memory():
+    """inf1.t0 and inf1.t1 have the same device, core and load caps but not the same host
+    memory; a pod priced for inf1.t0 (five models, 3508 MiB) must not become an inf1.t1 column
+    (2487 MiB allocatable): the planner stopped with "a pod of 3508 MiB cannot fit a inf1.t1 node"."""
+    case = json.loads(json.dumps(FOUND_HOST_AGGREGATE_1))
+    case["models"][2] = tiny_model(2, 4.8545, inf1=(101, 166, 100.0))
+    opts = PackingOptions(max_utilization=case["max_util"])
+    models, catalogue, result = solve(case["models"], case["catalogue"], opts)
+    shapes = node_shapes(catalogue, opts)
+    assert violations(result.plan, models, shapes, opts.max_utilization) == []
+    optimum = BruteForce(models, shapes, opts.max_utilization).solve()[0]
+    assert result.plan.cost_per_hour - result.plan.platform_per_hour == pytest.approx(optimum, abs=COST_TOL)
 
 
 @pytest.mark.parametrize("excess", [1e-7, 1e-6])
@@ -376,6 +422,8 @@ def test_seed_scenario_on_inf1_6xlarge(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_seed_scenario_over_the_full_catalogue():
+    """Host memory binds on inf1.6xlarge (4 x 8,300 MiB pods of 19 models): the full catalogue
+    may choose other inf1 sizes, never a dearer plan."""
     require_instances_yaml()
     catalogue = parse(InstanceCatalogue, yaml.safe_load(INSTANCES_YAML.read_text()), "instances.yaml")
     models = parse(ModelCatalogue, {"models": seed_models()}, "models.yaml").models
@@ -386,6 +434,9 @@ def test_seed_scenario_over_the_full_catalogue():
     assert plan.cost_per_hour <= 47.20 + platform + COST_TOL, plan.instances
     assert plan.lower_bound_per_hour <= plan.cost_per_hour + COST_TOL
     assert sum(len(s.models) for s in plan.servers) == SEED_MODELS
+    assert violations(plan, models, node_shapes(catalogue, opts), 0.83) == []
+    with tempfile.TemporaryDirectory() as d:
+        check_plan(Path(d), seed_models(), None, plan.to_json_dict(), 0.83, 7.4 * 1024, instances_path=INSTANCES_YAML)
 
 
 # -- determinism -------------------------------------------------------------------------------

@@ -1,0 +1,280 @@
+"""`python -m bench.packing [--out bench/results/packing.json] [--quick]`: the planner against
+first-fit decreasing by price (how Karpenter-style packers do it) and the reference design's
+fixed packing (19 models per chip on inf1.6xlarge).
+
+Scenarios: (a) the seed scenario (3,040 bert-base-cased on inf1, --max-device-memory-gib 7.4)
+restricted to inf1.6xlarge, (b) the same over the full catalogue, (c) a mixed catalogue of 3,040
+models over config/profiles.yaml (all processors, Zipf traffic, seed 7) and (d) a mixed
+catalogue of 100,000 models (seed 11), written to a .json file first; its planner time includes
+loading that file and resolving profiles. `--quick` runs (a)-(c). Each plan is also checked by
+the independent ../shared/tools/check_plan.py. Results go to --out (JSON) and beside it as
+Markdown (.md); the table is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+import contracts
+from contracts import InstanceCatalogue, ModelCatalogue, ReferenceProfiles
+from packing.baselines import BaselineResult, first_fit_decreasing_by_price, reference_fixed_packing
+from packing.generate import mixed_catalogue, seed_scenario, write_catalogue
+from packing.planner import plan_servers
+from packing.profiles import resolve_profiles
+from packing.resources import PackingOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTANCES = ROOT / "config" / "instances.yaml"
+REFERENCE = ROOT / "config" / "profiles.yaml"
+CHECK_PLAN = Path(os.environ.get("MODELFLEET_CHECK_PLAN", ROOT.parent / "shared" / "tools" / "check_plan.py"))
+CHECK_TIMEOUT_S = 60.0  # the checker is pure-Python YAML; on 100,000 models it may take longer
+SMALL_CHECK_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    models: int
+    opts: PackingOptions
+    build: Callable[[], Dict[str, Any]]
+    use_reference: bool  # resolve profiles against config/profiles.yaml, as `packing plan` would
+    from_file: bool  # write the catalogue to .json and time loading it
+
+
+def scenarios(time_limit: float, time_limit_large: float, large_models: int, quick: bool) -> List[Scenario]:
+    seed_opts = PackingOptions(max_utilization=0.83, max_device_memory_gib=7.4, time_limit_s=time_limit)
+    out = [
+        Scenario("a", "seed, inf1.6xlarge only", 3040,
+                 PackingOptions(max_utilization=0.83, max_device_memory_gib=7.4, only_instance_types=("inf1.6xlarge",),
+                                time_limit_s=time_limit),
+                 seed_scenario, False, False),
+        Scenario("b", "seed, full catalogue", 3040, seed_opts, seed_scenario, False, False),
+        Scenario("c", "mixed 3,040 (zipf, seed 7)", 3040, PackingOptions(time_limit_s=time_limit),
+                 lambda: mixed_catalogue(3040, seed=7, traffic="zipf"), True, False),
+    ]
+    if not quick:
+        out.append(Scenario("d", f"mixed {large_models:,} (zipf, seed 11)", large_models,
+                            PackingOptions(time_limit_s=time_limit_large),
+                            lambda: mixed_catalogue(large_models, seed=11, traffic="zipf"), True, True))
+    return out
+
+
+def _checker_instances(path: Path) -> Path:
+    """check_plan.py reads device_memory_gib of every server's type, cpu ones too (where it is
+    unused): its copy of the catalogue gets one. The planner never sees it."""
+    data = yaml.safe_load(INSTANCES.read_text(encoding="utf-8"))
+    for t in data["instances"]:
+        if t["processor"] == "cpu":
+            t.setdefault("device_memory_gib", t["memory_gib"])
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_checker(models_path: Path, instances_path: Path, plan_path: Path, opts: PackingOptions,
+                timeout: float) -> Dict[str, Any]:
+    if not CHECK_PLAN.is_file():
+        return {"status": "skipped", "detail": f"{CHECK_PLAN} not found"}
+    max_dev_mib = opts.max_device_memory_gib * 1024 if opts.max_device_memory_gib is not None else 0
+    cmd = [sys.executable, str(CHECK_PLAN), str(models_path), str(instances_path), str(plan_path),
+           repr(opts.max_utilization), repr(max_dev_mib)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "skipped", "detail": f"check_plan.py took more than {timeout:.0f} s",
+                "seconds": round(time.perf_counter() - start, 1)}
+    seconds = round(time.perf_counter() - start, 1)
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode != 0:
+        return {"status": "failed", "detail": (last or proc.stderr.strip()[-500:]), "seconds": seconds}
+    return {"status": "ok", "detail": last, "seconds": seconds}
+
+
+def _baseline(b: Optional[BaselineResult]) -> Optional[Dict[str, Any]]:
+    if b is None:
+        return None
+    return {"name": b.name, "cost_per_hour": round(b.cost_per_hour, 4), "seconds": round(b.seconds, 3),
+            "instances": b.instances, "pods": b.pods}
+
+
+def _ratio(a: float, b: Optional[float]) -> Optional[float]:
+    return round(a / b, 4) if b else None
+
+
+def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: ReferenceProfiles, workdir: Path,
+                 say: Callable[[str], None]) -> Dict[str, Any]:
+    here = workdir / sc.key
+    here.mkdir(parents=True, exist_ok=True)
+    say(f"({sc.key}) {sc.title}: generating {sc.models:,} models")
+    data = sc.build()
+    models_path = here / "models.json"  # JSON is YAML too: the checker reads it with yaml.safe_load
+    if sc.from_file:
+        write_catalogue(data, models_path)
+        data = {}  # the planner's time includes reading the file back
+    else:
+        models_path.write_text(json.dumps(data), encoding="utf-8")
+
+    say(f"({sc.key}) {sc.title}: planning")
+    start = time.perf_counter()
+    if sc.from_file:
+        models = contracts.load(ModelCatalogue, models_path).models
+    else:
+        models = contracts.parse(ModelCatalogue, data, f"scenario {sc.key}").models
+    profiles, sources = resolve_profiles(models, reference if sc.use_reference else None)
+    loaded = time.perf_counter() - start
+    result = plan_servers(models, profiles, sources, catalogue, sc.opts,
+                          progress=lambda msg: say(f"({sc.key}) {sc.title}: {msg}"))
+    planner_seconds = time.perf_counter() - start
+    plan = result.plan
+
+    say(f"({sc.key}) {sc.title}: first-fit decreasing by price")
+    platform_cost = float(sum(catalogue.platform.values()))
+    shapes = result.demand.shapes
+    ffd = first_fit_decreasing_by_price(result.demand, shapes, sc.opts, platform_cost)
+    ref = reference_fixed_packing(result.demand, shapes, sc.opts, platform_cost)
+
+    say(f"({sc.key}) {sc.title}: independent check of the plan")
+    plan_path = here / "plan.json"
+    plan_path.write_text(json.dumps(plan.to_json_dict()), encoding="utf-8")
+    check = run_checker(models_path, _checker_instances(here / "instances.yaml"), plan_path, sc.opts,
+                        CHECK_TIMEOUT_S if sc.from_file else SMALL_CHECK_TIMEOUT_S)
+
+    return {
+        "key": sc.key, "title": sc.title, "models": len(models),
+        "instance_types": [s.name for s in shapes],
+        "options": {"max_utilization": sc.opts.max_utilization, "max_device_memory_gib": sc.opts.max_device_memory_gib,
+                    "memory_headroom": sc.opts.memory_headroom, "min_replicas": sc.opts.min_replicas,
+                    "only_instance_types": list(sc.opts.only_instance_types) if sc.opts.only_instance_types else None,
+                    "time_limit_s": sc.opts.time_limit_s},
+        "planner": {"seconds": round(planner_seconds, 3), "load_seconds": round(loaded, 3),
+                    "solve_seconds": plan.solve_seconds, "cost_per_hour": plan.cost_per_hour,
+                    "lower_bound_per_hour": plan.lower_bound_per_hour, "gap": plan.gap,
+                    "platform_per_hour": plan.platform_per_hour, "instances": plan.instances,
+                    "servers": len(plan.servers), "pods": sum(s.replicas for s in plan.servers),
+                    "solver": plan.solver},
+        "ffd": _baseline(ffd),
+        "reference": _baseline(ref),
+        "ratios": {"planner_over_ffd": _ratio(plan.cost_per_hour, ffd.cost_per_hour),
+                   "planner_over_reference": _ratio(plan.cost_per_hour, ref.cost_per_hour if ref else None),
+                   "bound_over_ffd": _ratio(plan.lower_bound_per_hour, ffd.cost_per_hour)},
+        "check": check,
+    }
+
+
+# -- output ------------------------------------------------------------------------------------
+
+COLUMNS = ["scenario", "models", "planner $/h", "bound $/h", "gap", "planner s", "FFD $/h", "FFD s",
+           "planner/FFD", "reference $/h", "check"]
+
+
+def _money(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:,.2f}"
+
+
+def row(r: Dict[str, Any]) -> List[str]:
+    p, f, ref = r["planner"], r["ffd"], r["reference"]
+    check = r["check"]["status"] + (f" ({r['check']['detail']})" if r["check"]["status"] != "ok" else "")
+    return [f"({r['key']}) {r['title']}", f"{r['models']:,}", _money(p["cost_per_hour"]), _money(p["lower_bound_per_hour"]),
+            f"{p['gap']:.2%}", f"{p['seconds']:.1f}", _money(f["cost_per_hour"]), f"{f['seconds']:.2f}",
+            f"{r['ratios']['planner_over_ffd']:.3f}", _money(ref["cost_per_hour"] if ref else None), check]
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Packing benchmark",
+        "",
+        f"{report['created_at']} on {m['processor'] or m['machine']} ({m['cpu_count']} CPUs), Python {m['python']}.",
+        "`python -m bench.packing`. $/h include the platform's fixed costs. Planner time: parsing (or, for the",
+        "100,000-model case, loading the .json file), resolving profiles and `plan_servers`; FFD time: the",
+        "packing alone, over the demand the planner built. Reference: 19 models per chip on inf1.6xlarge,",
+        "where every model fits that. Check: ../shared/tools/check_plan.py on the planner's plan.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(" --- " for _ in COLUMNS) + "|",
+    ]
+    for r in report["scenarios"]:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row(r)) + " |")
+    lines.append("")
+    lines.append("Instances:")
+    lines.append("")
+    for r in report["scenarios"]:
+        inst = ", ".join(f"{n} x {t}" for t, n in r["planner"]["instances"].items())
+        ffd = ", ".join(f"{n} x {t}" for t, n in r["ffd"]["instances"].items())
+        lines.append(f"- ({r['key']}) planner: {inst}; FFD: {ffd}")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(report: Dict[str, Any]) -> Table:
+    table = Table(title="packing: planner vs first-fit decreasing by price vs the reference design")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("scenario", "check") else "right")
+    for r in report["scenarios"]:
+        table.add_row(*row(r))
+    return table
+
+
+def machine() -> Dict[str, Any]:
+    return {"processor": platform.processor(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.packing", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/packing.json"), help="results JSON (and .md beside it)")
+    parser.add_argument("--quick", action="store_true", help="only the 3,040-model scenarios (a)-(c)")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="planner seconds for the 3,040-model scenarios")
+    parser.add_argument("--time-limit-large", type=float, default=100.0, help="planner seconds for the large scenario")
+    parser.add_argument("--large-models", type=int, default=100_000, help="models in the large scenario (d)")
+    args = parser.parse_args(argv)
+
+    console, err = Console(), Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(width=220)  # a piped table keeps one line per scenario
+    catalogue = contracts.load(InstanceCatalogue, INSTANCES)
+    reference = contracts.load(ReferenceProfiles, REFERENCE)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp, err.status("starting") as status:
+        for sc in scenarios(args.time_limit, args.time_limit_large, args.large_models, args.quick):
+            started = time.perf_counter()
+
+            def say(msg: str, started: float = started) -> None:
+                status.update(f"{msg}  [dim]{time.perf_counter() - started:.0f} s[/]")
+
+            r = run_scenario(sc, catalogue, reference, Path(tmp), say)
+            results.append(r)
+            err.log(f"({r['key']}) {r['title']}: planner ${r['planner']['cost_per_hour']:.2f}/h in "
+                    f"{r['planner']['seconds']:.1f} s, FFD ${r['ffd']['cost_per_hour']:.2f}/h, check {r['check']['status']}")
+    report = {"schema": 1, "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "quick": args.quick, "instances": str(INSTANCES.relative_to(ROOT)), "scenarios": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    contracts.write_json_atomic(args.out, report)
+    md = args.out.with_suffix(".md")
+    contracts.write_atomic(md, markdown(report))
+    console.print(rich_table(report))
+    console.print(f"results: {args.out}  table: {md}")
+    failed = [r["key"] for r in results if r["check"]["status"] == "failed"]
+    if failed:
+        err.print(f"[bold red]check_plan.py rejects the plan of scenario(s) {', '.join(failed)}[/]")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
