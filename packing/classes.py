@@ -52,6 +52,30 @@ def _bucket(x: np.ndarray, floor: float, ratio: float) -> np.ndarray:
     return out
 
 
+def _bits(flags: np.ndarray) -> np.ndarray:
+    """Each row of booleans as integers, 60 flags per column (np.unique over wide rows is slow)."""
+    out = []
+    for start in range(0, flags.shape[1], 60):
+        chunk = flags[:, start:start + 60].astype(np.int64)
+        out.append(chunk @ (np.int64(1) << np.arange(chunk.shape[1], dtype=np.int64)))
+    return np.stack(out, axis=1) if out else np.zeros((flags.shape[0], 1), np.int64)
+
+
+def _group_ids(columns) -> np.ndarray:
+    """Equal rows of the given columns get equal ids (in sorted order of the rows)."""
+    n = len(columns[0])
+    order = np.lexsort(tuple(reversed([np.asarray(c) for c in columns])))
+    new = np.zeros(n, bool)
+    if n:
+        new[0] = True
+    for c in columns:
+        c = np.asarray(c)[order]
+        new[1:] |= c[1:] != c[:-1]
+    ids = np.empty(n, np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids
+
+
 def _memory_runs(dem: Demand, coarse: np.ndarray, resolution: float) -> np.ndarray:
     first = {}
     for j, s in enumerate(dem.shapes):
@@ -76,13 +100,13 @@ def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005
     """Group models; `resolution` is the relative width of a memory bucket, `load_resolution` of a
     load bucket (resolution 0: only identical models share a class)."""
     n = len(dem.model_ids)
-    cols = [dem.eligible.astype(np.int64), dem.hot.astype(np.int64)]
+    cols = [_bits(dem.eligible), _bits(dem.hot)]
     hot_any = dem.hot.any(axis=1)
     cols.append(np.where(hot_any, np.arange(n), -1)[:, None])
     if resolution <= 0:
         # Exact classes: only models identical in every figure share one.
         for a in (dem.d, dem.h, dem.u):
-            cols.append(np.unique(a, axis=0, return_inverse=True)[1].reshape(n, 1).astype(np.int64))
+            cols.append(_group_ids([a[:, j] for j in range(a.shape[1])])[:, None])
     else:
         # Load: one coarse bucket on the model's largest load relative to the cap. Loads on
         # different shapes move together (the same rps times each processor's latency), so one
@@ -96,13 +120,11 @@ def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005
         key = _bucket(load, LOAD_FLOOR, load_resolution)
         key[load <= MEMORY_BOUND_LOAD * memory_share] = -2
         cols.append(key[:, None])
-        coarse = np.unique(np.concatenate(cols, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+        coarse = _group_ids([c[:, k] for c in cols for k in range(c.shape[1])])
         # Memory: within each coarse group, runs of models whose every memory figure stays
         # within `resolution` of the run's smallest (models sorted by their first figure).
         cols.append(_memory_runs(dem, coarse, resolution)[:, None])
-    keys = np.concatenate(cols, axis=1)
-    _, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    inverse = _group_ids([c[:, k] for c in cols for k in range(c.shape[1])])
     # Order classes by their first member so the numbering follows the catalogue (deterministic).
     first = np.full(inverse.max() + 1, n, dtype=np.int64)
     np.minimum.at(first, inverse, np.arange(n))
@@ -115,15 +137,14 @@ def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005
     bounds = np.searchsorted(cls[sort_idx], np.arange(c + 1))
     members = [sort_idx[bounds[i]:bounds[i + 1]] for i in range(c)]
     count = np.diff(bounds)
-    k = len(dem.shapes)
+
+    starts = bounds[:-1]
 
     def reduce(a: np.ndarray, op) -> np.ndarray:
-        init = -np.inf if op is np.maximum else np.inf
-        out = np.full((c, k), init)
-        op.at(out, cls, a)
-        return out
+        # Members are contiguous in sort_idx, so reduceat does per class what ufunc.at would, fast.
+        return op.reduceat(a[sort_idx], starts, axis=0)
 
-    heads = np.array([m[0] for m in members])
+    heads = sort_idx[starts]
     return Classes(
         members=members, count=count, eligible=dem.eligible[heads], hot=dem.hot[heads],
         replicas=dem.replicas[heads],

@@ -36,6 +36,9 @@ from packing.resources import NodeShape
 INF = highspy.kHighsInf
 EPS = 1e-7
 COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers over what it left out
+# A node holds at most q - 1 pods that each take more than 1/q of its memory: the aggregate host
+# row alone would let two 60% pods share a node.
+BIG_POD_SPLITS = (2, 3)
 BOUND_EVERY = 15  # rounds between lower-bound evaluations
 ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
 
@@ -148,6 +151,16 @@ class ColumnGeneration:
         self._known: set = set()
         self._index: Dict[tuple, int] = {}
         self.bound = 0.0
+        # Models hot on every shape they may use have servers of their own wherever they go: no
+        # pricing can pair them with others, so they stay out of the LP (their rows demand 0) and
+        # each gets the shape where its replicas cost least per pod slot.
+        slot_cost = np.array([s.price / s.slots for s in shapes])
+        self.pure_hot = np.array([bool(cls.eligible[i].any()) and bool(cls.hot[i][cls.eligible[i]].all())
+                                  for i in range(len(cls))], bool)
+        per_server = np.where(cls.eligible & cls.hot, cls.replicas * slot_cost[None, :], np.inf)
+        self.hot_shape = np.argmin(per_server, axis=1)
+        self.hot_price = np.where(self.pure_hot, per_server.min(axis=1), 0.0)
+        self.demand = np.where(self.pure_hot, 0, cls.count).astype(int)
         self.h = new_highs()
         # Re-solves start from the last basis; presolve would throw that away every round.
         self.h.setOptionValue("presolve", "off")
@@ -160,10 +173,13 @@ class ColumnGeneration:
         h, none_i, none_f = self.h, np.array([], np.int32), np.array([])
         prices = np.array([s.price for s in self.shapes])
         h.addCols(k, prices, np.zeros(k), np.full(k, INF), 0, np.zeros(k, np.int32), none_i, none_f)
-        h.addRows(c, self.cls.count.astype(float), np.full(c, INF), 0, np.zeros(c, np.int32), none_i, none_f)
+        h.addRows(c, self.demand.astype(float), np.full(c, INF), 0, np.zeros(c, np.int32), none_i, none_f)
         for t, s in enumerate(self.shapes):
             h.addRow(-INF, 0.0, 1, np.array([t], np.int32), np.array([-float(s.slots)]))
             h.addRow(-INF, 0.0, 1, np.array([t], np.int32), np.array([-s.host_alloc_mib]))
+        for t in range(k):
+            for q in BIG_POD_SPLITS:
+                h.addRow(-INF, 0.0, 1, np.array([t], np.int32), np.array([-float(q - 1)]))
         # Artificial columns make the first master feasible without thousands of seed columns. Each
         # costs more than any real way to place one model (whole nodes for all its replicas), so the
         # LP drops them as soon as real columns exist.
@@ -184,6 +200,10 @@ class ColumnGeneration:
         self.patterns.append(p)
         rows = [i for i, _ in p.counts] + [self.slot_row(p.shape), self.slot_row(p.shape) + 1]
         vals = [float(a) for _, a in p.counts] + [float(p.replicas), p.replicas * p.host_per_pod]
+        for n, q in enumerate(BIG_POD_SPLITS):
+            if p.host_per_pod > self.shapes[p.shape].host_alloc_mib / q * (1 + 1e-9):
+                rows.append(len(self.cls) + 2 * len(self.shapes) + len(BIG_POD_SPLITS) * p.shape + n)
+                vals.append(float(p.replicas))
         self.h.addCol(0.0, 0.0, INF, len(rows), np.array(rows, np.int32), np.array(vals))
         return True
 
@@ -196,20 +216,23 @@ class ColumnGeneration:
     def solve_master(self) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         self.h.run()
         duals = np.asarray(self.h.getSolution().row_dual)
-        c = len(self.cls)
+        c, k = len(self.cls), len(self.shapes)
         pi = np.maximum(duals[:c], 0.0)
-        sigma = np.maximum(-duals[c::2], 0.0)
-        rho = np.maximum(-duals[c + 1::2], 0.0)
+        sigma = np.maximum(-duals[c:c + 2 * k:2], 0.0)
+        rho = np.maximum(-duals[c + 1:c + 2 * k:2], 0.0)
         return float(self.h.getInfo().objective_function_value), pi, sigma, rho
 
     # -- columns ----------------------------------------------------------------------------------
     def seed_columns(self) -> None:
         """Hot models' servers of their own: fixed patterns, never priced by the knapsacks."""
         cls = self.cls
-        for t, s in enumerate(self.shapes):
-            for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t]):
-                r = int(cls.replicas[i, t])
-                self.add_pattern(Pattern(t, ((int(i), 1),), r, s.pod_base_mib + float(cls.h_hi[i, t])))
+        for t in range(len(self.shapes)):
+            for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t] & ~self.pure_hot):
+                self.add_pattern(self.hot_pattern(int(i), t))
+
+    def hot_pattern(self, i: int, t: int) -> Pattern:
+        s = self.shapes[t]
+        return Pattern(t, ((i, 1),), int(self.cls.replicas[i, t]), s.pod_base_mib + float(self.cls.h_hi[i, t]))
 
     def candidates(self, pr: ShapePricer, pi: np.ndarray, rho: float, exact: bool) -> List[Tuple[float, np.ndarray]]:
         """Columns for one shape this round: the knapsack's answer, then further greedy answers
@@ -253,7 +276,7 @@ class ColumnGeneration:
     def ensure_cover(self) -> None:
         """If the loop stopped early, a class may have no column yet: give it one of its own on the
         shape where a server of it alone costs least per model, so the integer master is feasible."""
-        covered = np.zeros(len(self.cls), bool)
+        covered = self.pure_hot.copy()
         for p in self.patterns:
             for i, _ in p.counts:
                 covered[i] = True
@@ -328,8 +351,9 @@ class ColumnGeneration:
         re-solve the LP (with a few pricing rounds) for the models left, and repeat; when the LP
         has no whole server, round up its largest column (a dive). What the deadline leaves is
         packed greedily. The bound is not touched: it was proven on the full problem."""
-        chosen: Dict[int, int] = {}
-        left = self.cls.count.astype(int).copy()
+        chosen: Dict[int, int] = {self.index_of(self.hot_pattern(int(i), int(self.hot_shape[i]))): 1
+                                  for i in np.flatnonzero(self.pure_hot)}
+        left = self.demand.copy()
         c = len(self.cls)
         while left.sum() > 0 and time.perf_counter() < deadline:
             x = self.lp_values
@@ -350,7 +374,7 @@ class ColumnGeneration:
             self._read_lp()
         for j, n in self.repair(left).items():
             chosen[j] = chosen.get(j, 0) + n
-        self.h.changeRowsBounds(c, np.arange(c, dtype=np.int32), self.cls.count.astype(float), np.full(c, INF))
+        self.h.changeRowsBounds(c, np.arange(c, dtype=np.int32), self.demand.astype(float), np.full(c, INF))
         return chosen
 
     def repair(self, left: np.ndarray) -> Dict[int, int]:
@@ -408,6 +432,9 @@ class ColumnGeneration:
         """Add every feasible server pattern (small problems only). False if there are more than
         `limit`: then the columns added so far are kept, and column generation goes on."""
         self.seed_columns()
+        for i in np.flatnonzero(self.pure_hot):
+            for t in np.flatnonzero(self.cls.eligible[i]):
+                self.add_pattern(self.hot_pattern(int(i), int(t)))
         total = 0
         for t, pr in enumerate(self.pricers):
             if pr.items.size == 0:
@@ -419,6 +446,26 @@ class ColumnGeneration:
             for counts in found:
                 self.add_pattern(self.pattern_from_counts(t, pr.items, counts))
         return True
+
+    def moved(self, p: Pattern, t: int) -> List[Pattern]:
+        """Server p on shape t: as it is if it fits, else its models split over two servers
+        (greedy), else nothing."""
+        q = self.fits(p, t)
+        if q is not None:
+            return [q]
+        pr = self.pricers[t]
+        if any(self.cls.hot[i, t] or not self.cls.eligible[i, t] for i, _ in p.counts) or pr.items.size == 0:
+            return []
+        where = {int(i): k for k, i in enumerate(pr.items)}
+        want = np.zeros(pr.items.size, int)
+        for i, a in p.counts:
+            want[where[i]] = a
+        _, first = pr.knapsack("hi").greedy(np.where(want > 0, 1.0, 0.0), ub=want)
+        rest = want - first
+        if not first.any() or not rest.any():
+            return []
+        halves = [self.pattern_from_counts(t, pr.items, first), self.pattern_from_counts(t, pr.items, rest)]
+        return halves if all(self.fits(h, t) is not None for h in halves) else []
 
     def index_of(self, p: Pattern) -> int:
         self.add_pattern(p)
@@ -447,6 +494,7 @@ class ColumnGeneration:
         this is a lower bound for *any* pi, rho >= 0 (theta may exceed 1 when no node earns its price)."""
         theta = float("inf")
         self._slot_cache: Dict[tuple, float] = {}
+        pi = np.where(self.pure_hot, self.hot_price, pi)
         for t, s in enumerate(self.shapes):
             v = self.node_value_bound(t, pi, float(rho[t]))
             if v > EPS:

@@ -42,6 +42,15 @@ class Demand:
     hot: np.ndarray  # [models, shapes] bool: needs a server of its own
     rps: np.ndarray  # [models]
 
+    def subset(self, models: Sequence[int]) -> Demand:
+        """The demand of some models only (indices into this one), renumbered from 0."""
+        return _rows(self, np.asarray(models, dtype=int))
+
+
+def _rows(dem: Demand, idx) -> Demand:
+    return Demand([dem.model_ids[i] for i in idx], dem.shapes, dem.d[idx], dem.h[idx], dem.u[idx], dem.p90[idx],
+                  dem.latency[idx], dem.eligible[idx], dem.replicas[idx], dem.hot[idx], dem.rps[idx])
+
 
 def _profile_arrays(models: Sequence[ModelSpec], profiles: Mapping[str, Mapping[str, Profile]], processor: str):
     n = len(models)

@@ -18,7 +18,7 @@ import numpy as np
 import pulp
 
 from packing.classes import Classes
-from packing.colgen import Pattern
+from packing.colgen import BIG_POD_SPLITS, Pattern
 from packing.resources import NodeShape
 
 
@@ -57,6 +57,11 @@ def integer_master(
     for t in used_shapes:
         prob += pulp.LpAffineExpression(pods[t]) <= shapes[t].slots * nodes[t], f"slots_{t}"
         prob += pulp.LpAffineExpression(host[t]) <= shapes[t].host_alloc_mib * nodes[t], f"host_memory_{t}"
+        for q in BIG_POD_SPLITS:
+            big = [(servers[j], p.replicas) for j, p in enumerate(patterns)
+                   if p.shape == t and p.host_per_pod > shapes[t].host_alloc_mib / q * (1 + 1e-9)]
+            if big:
+                prob += pulp.LpAffineExpression(big) <= (q - 1) * nodes[t], f"big_pods_{q}_{t}"
 
     solver = pulp.HiGHS(msg=False, timeLimit=max(1.0, time_limit), gapRel=gap, threads=1)
     prob.solve(solver)
@@ -159,6 +164,10 @@ def choose_shapes(groups: Sequence[ServerGroup], shapes: Sequence[NodeShape], ti
         mine = [(k, g.options[t]) for k, g in enumerate(groups) if t in g.options]
         prob += pulp.lpSum(pods * w[k, t] for k, (pods, _) in mine) <= shapes[t].slots * nodes[t], f"slots_{t}"
         prob += pulp.lpSum(pods * host * w[k, t] for k, (pods, host) in mine) <= shapes[t].host_alloc_mib * nodes[t], f"host_{t}"
+        for q in BIG_POD_SPLITS:
+            big = [(k, pods) for k, (pods, host) in mine if host > shapes[t].host_alloc_mib / q * (1 + 1e-9)]
+            if big:
+                prob += pulp.lpSum(pods * w[k, t] for k, pods in big) <= (q - 1) * nodes[t], f"big_pods_{q}_{t}"
     prob.solve(pulp.HiGHS(msg=False, timeLimit=max(0.5, time_limit), gapRel=1e-4, threads=1))
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         raise RuntimeError(f"choosing instance types found no solution ({pulp.LpStatus[prob.status]})")

@@ -22,6 +22,7 @@ CLASS_RESOLUTION = 0.02  # memory runs: memory usually binds, so they are narrow
 LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo keep it honest
 EXACT_PATTERNS_UP_TO = 20_000
 EXACT_NODES_PER_TYPE = 12
+SMALL_INTEGER_MASTER_UP_TO = 300
 
 
 @dataclass
@@ -45,28 +46,156 @@ def _server_ids(servers: Sequence[BuiltServer], shapes: Sequence[NodeShape]) -> 
 
 
 def rehome(cg: ColumnGeneration, chosen: Dict[int, int], shapes: Sequence[NodeShape], time_limit: float) -> Dict[int, int]:
-    """Let every chosen server move to any instance type of its processor where it fits, then
-    round to whole nodes once, over all of them (`choose_shapes`)."""
+    """Let every chosen server move to any instance type of its processor where it fits, whole
+    or split in two pods' worth, then round to whole nodes once, over all of them
+    (`choose_shapes`). The LP favours the size with the roomiest pods; a few such pods left over
+    would otherwise cost a whole large node."""
     keys = sorted(chosen)
-    groups = []
+    groups, ways = [], []
     for j in keys:
         p = cg.patterns[j]
-        options = {}
+        options, how = {}, {}
         for t, s in enumerate(shapes):
-            if s.processor == shapes[p.shape].processor:
-                q = p if t == p.shape else cg.fits(p, t)
-                if q is not None:
-                    options[t] = (q.replicas, q.host_per_pod)
+            if s.processor != shapes[p.shape].processor:
+                continue
+            there = [p] if t == p.shape else cg.moved(p, t)
+            if there:
+                options[t] = (sum(q.replicas for q in there), max(q.host_per_pod for q in there))
+                how[t] = there
         groups.append(ServerGroup(chosen[j], options))
+        ways.append(how)
     split = choose_shapes(groups, shapes, time_limit)
     out: Dict[int, int] = {}
-    for j, where in zip(keys, split, strict=True):
-        p = cg.patterns[j]
+    for how, where in zip(ways, split, strict=True):
         for t, n in where.items():
-            q = p if t == p.shape else cg.fits(p, t)
-            k = cg.index_of(q)
-            out[k] = out.get(k, 0) + n
+            for q in how[t]:
+                k = cg.index_of(q)
+                out[k] = out.get(k, 0) + n
     return out
+
+
+@dataclass
+class Solved:
+    built: List[BuiltServer]
+    nodes: Dict[int, int]  # shape -> nodes
+    lower: float  # proven bound on instance $/h
+    info: Dict[str, object]
+
+
+def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
+          say: Callable[[str], None]) -> Solved:
+    """Servers and their placements for the models of `dem`, with a proven bound."""
+    start = time.perf_counter()
+    budget = max(deadline - start, 1.0)
+    n = len(dem.model_ids)
+    resolution = 0.0 if n <= EXACT_CLASSES_UP_TO else CLASS_RESOLUTION
+    cls = build_classes(dem, opts.max_utilization, resolution, LOAD_RESOLUTION)
+    say(f"{n} models in {len(cls)} classes over {len(shapes)} instance types")
+
+    fluid = fluid_relaxation(cls, shapes, opts.min_replicas)
+    say(f"fluid relaxation: ${fluid.value:.3f}/h")
+    cg = ColumnGeneration(cls, shapes, opts.min_replicas)
+    exact = n <= EXACT_CLASSES_UP_TO and cg.enumerate_all(limit=EXACT_PATTERNS_UP_TO)
+    if exact:
+        # Small enough to list every server pattern: the integer master over all of them is exact
+        # (up to the node-level host memory it aggregates), and its proven optimum is a bound.
+        ip = integer_master(cg.patterns, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
+        chosen = ip.servers
+        lower = max(fluid.value, ip.cost if ip.optimal else 0.0)
+        lp_value, rounds, converged = ip.cost, 0, ip.optimal
+        say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
+    else:
+        result = cg.run(start + 0.6 * budget, warm=(fluid.pi, fluid.rho),
+                        progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
+        say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
+            f"bound ${result.lower_bound:.3f}/h")
+        small = n <= SMALL_INTEGER_MASTER_UP_TO
+        chosen = cg.integer_solution(start + (0.7 if small else 0.8) * budget)
+        chosen = rehome(cg, chosen, shapes, max(0.5, start + (0.75 if small else 0.9) * budget - time.perf_counter()))
+        lower = max(fluid.value, result.lower_bound)
+        lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
+    built = fill_servers(chosen, cg.patterns, cls, dem)
+    nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
+    placed = sum(shapes[t].price * n for t, n in nodes.items())
+    if not exact and n <= SMALL_INTEGER_MASTER_UP_TO and time.perf_counter() < deadline - 1.0:
+        # Small problems: the integer master over every generated column often rounds better
+        # than iterated rounding; keep whichever packs cheaper.
+        ip = integer_master(cg.patterns, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
+        other = fill_servers(ip.servers, cg.patterns, cls, dem)
+        other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
+        other_cost = sum(shapes[t].price * n for t, n in other_nodes.items())
+        if other_cost < placed - 1e-9:
+            built, nodes, placed = other, other_nodes, other_cost
+    if exact and placed > ip.cost + 1e-9:
+        # The integer master counted node memory in aggregate and no per-node packing matches
+        # it: solve with every node explicit, within the cost of the packing we already have.
+        limits = {t: min(EXACT_NODES_PER_TYPE, int(placed / shapes[t].price + 1e-9))
+                  for t in {p.shape for p in cg.patterns}}
+        try:
+            exact_nodes = integer_nodes(cg.patterns, cls.count, shapes, limits, max(1.0, deadline - time.perf_counter()))
+        except RuntimeError:
+            exact_nodes = None  # no better packing within those node counts: keep ours
+        if exact_nodes is not None and exact_nodes.cost < placed - 1e-9:
+            built = fill_servers(exact_nodes.servers, cg.patterns, cls, dem)
+            nodes = place_as_solved(built, exact_nodes.pods)
+    info = {"name": "exact-enumeration+highs" if exact else "column-generation+highs", "classes": len(cls),
+            "columns": len(cg.patterns), "rounds": rounds, "lp_converged": converged,
+            "lp_per_hour": lp_value, "fluid_per_hour": fluid.value}
+    return Solved(built, nodes, lower, info)
+
+
+def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:
+    """Nodes with at most half their slots used (multi-slot shapes), and the servers that live
+    only on them: rounding left these nodes, and their models may pack cheaper elsewhere. Only
+    nodes all of whose servers move are counted, so moving frees them."""
+    on: Dict[Tuple[int, int], set] = {}
+    for k, s in enumerate(solved.built):
+        for n, _ in s.placements:
+            on.setdefault((s.shape, n), set()).add(k)
+    free = {key for key, ks in on.items()
+            if shapes[key[0]].slots > 1 and sum(len([1 for n, _ in solved.built[k].placements if (solved.built[k].shape, n) == key])
+                                                for k in ks) <= shapes[key[0]].slots / 2}
+    while True:
+        movers = {k for k, s in enumerate(solved.built) if {(s.shape, n) for n, _ in s.placements} <= free}
+        kept = {key for key in free if on[key] <= movers}
+        if kept == free:
+            return free, sorted(movers)
+        free = kept
+
+
+def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
+            say: Callable[[str], None]) -> Solved:
+    """Re-plan the models on half-empty nodes on their own (small, so often exactly) and keep the
+    result when it costs less than those nodes."""
+    free, movers = _half_empty_nodes(solved, shapes)
+    if not movers or time.perf_counter() > deadline - 0.5:
+        return solved
+    old_cost = sum(shapes[t].price for t, _ in free)
+    models = sorted({m for k in movers for m in solved.built[k].models})
+    sub = solve(dem.subset(models), shapes, opts, deadline, lambda _m: None)
+    new_cost = sum(shapes[t].price * n for t, n in sub.nodes.items())
+    if new_cost >= old_cost - 1e-9:
+        return solved
+    say(f"re-planned {len(models)} models from half-empty nodes: ${old_cost:.3f}/h -> ${new_cost:.3f}/h")
+    gone = set(movers)
+    keep = [s for k, s in enumerate(solved.built) if k not in gone]
+    renumber: Dict[Tuple[int, int], int] = {}
+    used: Dict[int, int] = {}
+    for s in keep:
+        places = []
+        for n, d in s.placements:
+            if (s.shape, n) not in renumber:
+                renumber[s.shape, n] = used.get(s.shape, 0)
+                used[s.shape] = used.get(s.shape, 0) + 1
+            places.append((renumber[s.shape, n], d))
+        s.placements = places
+    for s in sub.built:
+        offset = used.get(s.shape, 0)
+        s.placements = [(n + offset, d) for n, d in s.placements]
+        s.models = [models[m] for m in s.models]
+    for t, n in sub.nodes.items():
+        used[t] = used.get(t, 0) + n
+    return Solved(keep + sub.built, used, solved.lower, solved.info)
 
 
 def plan_servers(
@@ -83,43 +212,10 @@ def plan_servers(
     deadline = start + opts.time_limit_s
     shapes = node_shapes(catalogue, opts)
     dem = build_demand(models, profiles, shapes, opts)
-    resolution = 0.0 if len(models) <= EXACT_CLASSES_UP_TO else CLASS_RESOLUTION
-    cls = build_classes(dem, opts.max_utilization, resolution, LOAD_RESOLUTION)
-    say(f"{len(models)} models in {len(cls)} classes over {len(shapes)} instance types")
-
-    fluid = fluid_relaxation(cls, shapes, opts.min_replicas)
-    say(f"fluid relaxation: ${fluid.value:.3f}/h")
-    cg = ColumnGeneration(cls, shapes, opts.min_replicas)
-    exact = len(models) <= EXACT_CLASSES_UP_TO and cg.enumerate_all(limit=EXACT_PATTERNS_UP_TO)
-    if exact:
-        # Small enough to list every server pattern: the integer master over all of them is exact
-        # (up to the node-level host memory it aggregates), and its proven optimum is a bound.
-        ip = integer_master(cg.patterns, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
-        chosen = ip.servers
-        lower = max(fluid.value, ip.cost if ip.optimal else 0.0)
-        lp_value, rounds, converged = ip.cost, 0, ip.optimal
-        say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
-    else:
-        result = cg.run(start + 0.6 * opts.time_limit_s, warm=(fluid.pi, fluid.rho),
-                        progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
-        say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
-            f"bound ${result.lower_bound:.3f}/h")
-        chosen = cg.integer_solution(start + 0.85 * opts.time_limit_s)
-        chosen = rehome(cg, chosen, shapes, max(0.5, deadline - time.perf_counter()))
-        lower = max(fluid.value, result.lower_bound)
-        lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
-    built = fill_servers(chosen, cg.patterns, cls, dem)
-    nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
-    placed = sum(shapes[t].price * n for t, n in nodes.items())
-    if exact and placed > ip.cost + 1e-9:
-        # The integer master counted node memory in aggregate and no per-node packing matches
-        # it: solve with every node explicit, within the cost of the packing we already have.
-        limits = {t: min(EXACT_NODES_PER_TYPE, int(placed / shapes[t].price + 1e-9))
-                  for t in {p.shape for p in cg.patterns}}
-        exact_nodes = integer_nodes(cg.patterns, cls.count, shapes, limits, max(1.0, deadline - time.perf_counter()))
-        if exact_nodes.cost < placed - 1e-9:
-            built = fill_servers(exact_nodes.servers, cg.patterns, cls, dem)
-            nodes = place_as_solved(built, exact_nodes.pods)
+    solved = solve(dem, shapes, opts, start + 0.9 * opts.time_limit_s, say)
+    solved = improve(solved, dem, shapes, opts, deadline, say)
+    built, nodes, lower = solved.built, solved.nodes, solved.lower
+    info = solved.info
     solve_seconds = time.perf_counter() - start
 
     platform = float(sum(catalogue.platform.values()))
@@ -154,9 +250,8 @@ def plan_servers(
         "schema": 1,
         "inputs": dict(inputs or {}),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items() if k != "time_limit_s"},
-        "solver": {"name": "exact-enumeration+highs" if exact else "column-generation+highs", "classes": len(cls),
-                   "columns": len(cg.patterns), "rounds": rounds, "lp_converged": converged,
-                   "lp_per_hour": round(lp_value + platform, 6), "fluid_per_hour": round(fluid.value + platform, 6),
+        "solver": {**info, "lp_per_hour": round(float(info["lp_per_hour"]) + platform, 6),
+                   "fluid_per_hour": round(float(info["fluid_per_hour"]) + platform, 6),
                    "time_limit_s": opts.time_limit_s},
         "instances": instances,
         "cost_per_hour": round(cost, 6),

@@ -197,3 +197,36 @@ def violations(plan, models: Sequence[ModelSpec], shapes: Sequence[NodeShape], m
         if i >= plan.instances.get(name, 0):
             problems.append(f"{name}#{i}: beyond the {plan.instances.get(name, 0)} instances the plan counts")
     return problems
+
+
+def packing_cost(nodes: Sequence[Tuple[str, Sequence[Sequence[str]]]], models: Sequence[ModelSpec],
+                 shapes: Sequence[NodeShape], max_utilization: float) -> float:
+    """The instance cost of a packing given as nodes (shape name, pods of model ids), after
+    checking it by the rules above, for any number of models; raises ValueError where it breaks one."""
+    index = {m.id: k for k, m in enumerate(models)}
+    by_name = {s.name: t for t, s in enumerate(shapes)}
+    need = needs(models, shapes)
+    seen: List[str] = []
+    cost = 0.0
+    for name, pods in nodes:
+        t = by_name[name]
+        s = shapes[t]
+        if len(pods) > s.slots:
+            raise ValueError(f"{name}: {len(pods)} pods, {s.slots} slots")
+        total = 0.0
+        for pod in pods:
+            ns = [need[index[m]][t] for m in pod]
+            if any(n is None for n in ns):
+                raise ValueError(f"{name}: {pod} has a model without a {s.processor} profile")
+            host = s.pod_base_mib + sum(n.h for n in ns)
+            if not (_within(sum(n.d for n in ns), s.device_memory_cap_mib) and _within(sum(n.u for n in ns), max_utilization)
+                    and _within(host, s.host_alloc_mib)):
+                raise ValueError(f"{name}: pod {pod} breaks a pod limit")
+            total += host
+            seen.extend(pod)
+        if not _within(total, s.host_alloc_mib):
+            raise ValueError(f"{name}: pods' host memory {total} > {s.host_alloc_mib}")
+        cost += s.price
+    if sorted(seen) != sorted(index):
+        raise ValueError("not every model placed exactly once")
+    return cost

@@ -63,7 +63,9 @@ def test_instance_shapes_match_the_families(catalogue):
         expected = {"c5": "cpu", "g4dn": "gpu", "g5": "gpu", "inf1": "inf1", "inf2": "inf2"}[family]
         assert t.processor == expected, t.name
         if t.processor == "cpu":
-            assert t.devices is None and t.device_memory_gib is None
+            # slices are derived; device_memory_gib is the raw memory per slice, for the shared checker
+            assert t.devices is None
+            assert t.device_memory_gib == t.memory_gib / (t.vcpu // catalogue.cpu_slice_vcpu)
             assert t.cores_per_device == catalogue.cpu_slice_vcpu
     assert names["g4dn.12xlarge"].devices == 4
     assert all(names[f"g4dn.{s}"].devices == 1 for s in FAMILIES["g4dn"] if s != "12xlarge")
