@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/models.yaml
 	$(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
-		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json
+		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json --time-limit 20
 	@echo "independent check of the plan (../shared/tools/check_plan.py):"
 	$(PY) ../shared/tools/check_plan.py $(OUT)/models.yaml config/instances.yaml $(OUT)/plan.json 0.83 0
 	@echo "demo outputs: $(OUT)/models.yaml $(OUT)/plan.json $(OUT)/plan.png"
