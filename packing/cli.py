@@ -12,36 +12,13 @@ from rich.markup import escape
 
 from contracts import ContractError, InstanceCatalogue, ModelCatalogue, ReferenceProfiles, load, write_json_atomic
 from packing import generate
+from packing.arguments import fraction, positive
 from packing.demand import UnplaceableModels
 from packing.planner import plan_servers
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions
 
 EXIT_BAD_INPUT = 2
-
-
-def _fraction(lo: float, hi: float, *, open_lo: bool = True):
-    def parse(text: str) -> float:
-        try:
-            x = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not ((x > lo if open_lo else x >= lo) and x <= hi):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if open_lo else '['}{lo}, {hi}], got {x}")
-        return x
-    return parse
-
-
-def _positive(kind=float):
-    def parse(text: str):
-        try:
-            x = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
-        if x <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {x}")
-        return x
-    return parse
 
 
 def _instance_list(text: str) -> List[str]:
@@ -64,15 +41,15 @@ def add_plan_parser(sub) -> None:
                    help="cited profiles (config/profiles.yaml) for processors with no inline or measured profile")
     p.add_argument("--only-instance-types", type=_instance_list, default=None, metavar="T1,T2,...",
                    help="restrict to these instance types")
-    p.add_argument("--max-utilization", type=_fraction(0, 1), default=0.83,
+    p.add_argument("--max-utilization", type=fraction(0, 1), default=0.83,
                    help="per-pod utilisation cap (the reference design's 0.83)")
     mem = p.add_mutually_exclusive_group()
-    mem.add_argument("--max-device-memory-gib", type=_positive(), default=None,
+    mem.add_argument("--max-device-memory-gib", type=positive(), default=None,
                      help="cap each device's model memory at min(X, device memory)")
-    mem.add_argument("--memory-headroom", type=_fraction(0, 1, open_lo=False), default=0.08,
+    mem.add_argument("--memory-headroom", type=fraction(0, 1, open_lo=False), default=0.08,
                      help="keep this fraction of each device's memory free")
-    p.add_argument("--min-replicas", type=_positive(int), default=1, help="pods per server at least (2 in prod)")
-    p.add_argument("--time-limit", type=_positive(), default=60.0, help="seconds for the whole solve")
+    p.add_argument("--min-replicas", type=positive(int), default=1, help="pods per server at least (2 in prod)")
+    p.add_argument("--time-limit", type=positive(), default=60.0, help="seconds for the whole solve")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run_plan)
 

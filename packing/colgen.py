@@ -467,6 +467,11 @@ class ColumnGeneration:
         halves = [self.pattern_from_counts(t, pr.items, first), self.pattern_from_counts(t, pr.items, rest)]
         return halves if all(self.fits(h, t) is not None for h in halves) else []
 
+    def hot_columns(self) -> set:
+        """Every model hot everywhere, on every shape it may use (added if missing)."""
+        return {self.index_of(self.hot_pattern(int(i), int(t)))
+                for i in np.flatnonzero(self.pure_hot) for t in np.flatnonzero(self.cls.eligible[i])}
+
     def index_of(self, p: Pattern) -> int:
         self.add_pattern(p)
         return self._index[(p.shape, p.counts, p.replicas)]

@@ -42,6 +42,12 @@ class Demand:
     hot: np.ndarray  # [models, shapes] bool: needs a server of its own
     rps: np.ndarray  # [models]
 
+    def on_shapes(self, shapes: Sequence[int]) -> Demand:
+        """The demand over some shapes only (indices into this one's)."""
+        j = np.asarray(shapes, dtype=int)
+        return Demand(self.model_ids, [self.shapes[t] for t in j], self.d[:, j], self.h[:, j], self.u[:, j],
+                      self.p90[:, j], self.latency[:, j], self.eligible[:, j], self.replicas[:, j], self.hot[:, j], self.rps)
+
     def subset(self, models: Sequence[int]) -> Demand:
         """The demand of some models only (indices into this one), renumbered from 0."""
         return _rows(self, np.asarray(models, dtype=int))

@@ -179,6 +179,27 @@ def choose_shapes(groups: Sequence[ServerGroup], shapes: Sequence[NodeShape], ti
     return out
 
 
+def fekete_schepers(x: float, k: int) -> float:
+    """The dual feasible function u_k of Fekete and Schepers: x where (k+1)x is whole, else
+    floor((k+1)x) / k. Sums of u_k over items that fit one bin stay within 1. Rounded down at
+    float noise, which can only weaken (never invalidate) the rows built from it."""
+    y = (k + 1) * x
+    if abs(y - round(y)) <= 1e-9:
+        return x
+    return max(0.0, np.floor(y - 1e-9) / k)
+
+
+def _dff_orders(items: Sequence[Tuple[float, int]], most: int = 12) -> List[int]:
+    """The orders k worth a row: 1/size rounded down for the sizes that matter most."""
+    weight: Dict[int, float] = defaultdict(float)
+    for x, n in items:
+        if 0 < x <= 1:
+            k = int(np.floor(1 / x + 1e-12))
+            if k >= 1:
+                weight[k] += n * x
+    return sorted(sorted(weight, key=lambda k: -weight[k])[:most])
+
+
 @dataclass
 class FluidSolution:
     value: float
@@ -230,6 +251,20 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
         own = [(i, v) for i, v, own in by_shape[t] if own]
         prob += pulp.lpSum(cls.d_lo[i, t] * v for i, v in shared) <= s.device_memory_cap_mib * pods[t], f"memory_{t}"
         prob += pulp.lpSum(cls.u_lo[i, t] / R * v for i, v in shared) <= s.utilisation_cap * pods[t], f"load_{t}"
+        # Models cannot be split across pods: dual feasible functions turn that into valid rows
+        # (sum_i u_k(d_i / cap) <= 1 holds in every pod whose memory fits).
+        # The same for a pod's utilisation and for the host memory its node can give it.
+        tol = 1 + 1e-9
+        for dim, (figure, cap) in enumerate(((cls.d_lo, s.device_memory_cap_mib), (cls.u_lo / R, s.utilisation_cap),
+                                              (cls.h_lo, s.host_alloc_mib - s.pod_base_mib))):
+            if cap <= 0:
+                continue
+            sizes = {i: figure[i, t] / (cap * tol) for i, _ in shared}
+            for k in _dff_orders([(sizes[i], int(cls.count[i])) for i, _ in shared]):
+                terms = [(v, fekete_schepers(sizes[i], k)) for i, v in shared]
+                terms = [(v, c) for v, c in terms if c > 0]
+                if terms:
+                    prob += pulp.LpAffineExpression(terms) <= pods[t], f"whole_models_{t}_{dim}_{k}"
         prob += R * pods[t] + pulp.lpSum(int(cls.replicas[i, t]) * v for i, v in own) <= s.slots * nodes[t], f"slots_{t}"
         host_rows[t] = (pulp.lpSum(R * cls.h_lo[i, t] * v for i, v in shared) + R * s.pod_base_mib * pods[t]
                         + pulp.lpSum(int(cls.replicas[i, t]) * (s.pod_base_mib + cls.h_lo[i, t]) * v for i, v in own)

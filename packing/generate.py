@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 import contracts
+from packing.arguments import fraction, positive
 
 ROOT = Path(__file__).resolve().parent.parent
 # Resolved against the repository, not the working directory, so the default works from anywhere.
@@ -386,21 +387,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--kind", choices=("seed", "mixed"), default="seed",
                         help="seed scenario or mixed catalogue (default: seed)")
-    parser.add_argument("--models", type=_positive_int, default=SEED_MODELS, metavar="N",
+    parser.add_argument("--models", type=positive(int), default=SEED_MODELS, metavar="N",
                         help=f"number of models (default: {SEED_MODELS})")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed of a mixed catalogue (default: 0)")
     parser.add_argument("--traffic", choices=TRAFFIC_KINDS, default=None,
                         help="zipf: rps ~ 1/rank^s, shuffled over models; uniform: the same for all "
                              "(default: zipf)")
-    parser.add_argument("--total-rps", type=_positive_float, default=None, metavar="RPS",
+    parser.add_argument("--total-rps", type=positive(float), default=None, metavar="RPS",
                         help="requests per second over all models (default: 2.05 x N)")
-    parser.add_argument("--zipf-s", type=_positive_float, default=None, metavar="S",
+    parser.add_argument("--zipf-s", type=positive(float), default=None, metavar="S",
                         help="Zipf exponent; larger is more skewed (default: 1.1)")
     parser.add_argument("--processors", type=_processor_list, default=None, metavar="LIST",
                         help="comma-separated profiles to give each model, of "
                              f"{','.join(contracts.PROCESSORS)} (default: all its shape has)")
-    parser.add_argument("--slo-fraction", type=_fraction, default=None, metavar="F",
+    parser.add_argument("--slo-fraction", type=fraction(0.0, 1.0, open_lo=False), default=None, metavar="F",
                         help="fraction of models, 0..1, that get a slo_p90_ms (default: 0)")
     parser.add_argument("--reference-profiles", type=Path, default=None, metavar="PATH",
                         help=f"reference profiles to draw shapes from (default: {_shown(DEFAULT_REFERENCE)})")
@@ -440,34 +441,6 @@ def _catalogue_from_args(args: argparse.Namespace, parser: argparse.ArgumentPars
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def _processor_list(text: str) -> list[str]:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
 from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
 from packing.classes import build_classes
@@ -109,19 +111,21 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
                         progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
-        small = n <= SMALL_INTEGER_MASTER_UP_TO
-        chosen = cg.integer_solution(start + (0.7 if small else 0.8) * budget)
-        chosen = rehome(cg, chosen, shapes, max(0.5, start + (0.75 if small else 0.9) * budget - time.perf_counter()))
+        support = [j for j, x in enumerate(cg.lp_values) if x > 1e-9]
+        chosen = cg.integer_solution(start + 0.7 * budget)
+        chosen = rehome(cg, chosen, shapes, max(0.5, start + 0.75 * budget - time.perf_counter()))
         lower = max(fluid.value, result.lower_bound)
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
     built = fill_servers(chosen, cg.patterns, cls, dem)
     nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
     placed = sum(shapes[t].price * n for t, n in nodes.items())
-    if not exact and n <= SMALL_INTEGER_MASTER_UP_TO and time.perf_counter() < deadline - 1.0:
-        # Small problems: the integer master over every generated column often rounds better
-        # than iterated rounding; keep whichever packs cheaper.
-        ip = integer_master(cg.patterns, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
-        other = fill_servers(ip.servers, cg.patterns, cls, dem)
+    if not exact and time.perf_counter() < deadline - 1.0:
+        # The integer master over the LP's support (every generated column, for small problems)
+        # sometimes rounds better than iterated rounding; keep whichever packs cheaper.
+        columns = range(len(cg.patterns)) if n <= SMALL_INTEGER_MASTER_UP_TO else sorted(set(support) | cg.hot_columns())
+        subset = [cg.patterns[j] for j in columns]
+        ip = integer_master(subset, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
+        other = fill_servers(ip.servers, subset, cls, dem)
         other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
         other_cost = sum(shapes[t].price * n for t, n in other_nodes.items())
         if other_cost < placed - 1e-9:
@@ -198,6 +202,36 @@ def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: Pack
     return Solved(keep + sub.built, used, solved.lower, solved.info)
 
 
+def undominated(dem: Demand, shapes: Sequence[NodeShape]) -> List[int]:
+    """Shapes worth considering. B is dominated by A (same processor, cores and caps) when one A
+    node can take the place of any B node at no higher price: at least as many slots, as much
+    pod memory, and room for whatever host memory B's pods could need. Dropping B changes no
+    optimum, so a bound over the rest still holds for the whole catalogue."""
+    most_host = []
+    for t, s in enumerate(shapes):
+        ok = dem.eligible[:, t]
+        h, d = dem.h[ok, t], dem.d[ok, t]
+        ratio = float(np.max(h / np.maximum(d, 1e-9), initial=0.0))
+        per_pod = s.pod_base_mib + min(float(h.sum()), s.device_memory_cap_mib * ratio, s.host_alloc_mib)
+        most_host.append(min(per_pod, s.host_alloc_mib))
+    keep = []
+    for b, sb in enumerate(shapes):
+        dominated = False
+        for a, sa in enumerate(shapes):
+            if a == b or (sa.processor, sa.cores_per_device, sa.utilisation_cap) != (sb.processor, sb.cores_per_device, sb.utilisation_cap):
+                continue
+            better = (sa.slots >= sb.slots and sa.price <= sb.price and sa.device_memory_cap_mib >= sb.device_memory_cap_mib
+                      and sa.pod_base_mib <= sb.pod_base_mib and sa.host_alloc_mib >= most_host[b]
+                      and sa.host_alloc_mib >= min(sb.host_alloc_mib, sb.slots * most_host[b]))
+            strictly = (sa.price, sa.name) < (sb.price, sb.name)
+            if better and strictly:
+                dominated = True
+                break
+        if not dominated:
+            keep.append(b)
+    return keep
+
+
 def plan_servers(
     models: Sequence[ModelSpec],
     profiles: Mapping[str, Mapping[str, Profile]],
@@ -212,6 +246,12 @@ def plan_servers(
     deadline = start + opts.time_limit_s
     shapes = node_shapes(catalogue, opts)
     dem = build_demand(models, profiles, shapes, opts)
+    keep = undominated(dem, shapes)
+    if len(keep) < len(shapes):
+        say(f"{len(shapes) - len(keep)} instance types dominated by others: "
+            + ", ".join(s.name for t, s in enumerate(shapes) if t not in keep))
+        shapes = [shapes[t] for t in keep]
+        dem = dem.on_shapes(keep)
     solved = solve(dem, shapes, opts, start + 0.9 * opts.time_limit_s, say)
     solved = improve(solved, dem, shapes, opts, deadline, say)
     built, nodes, lower = solved.built, solved.nodes, solved.lower
