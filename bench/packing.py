@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import Empty
 from typing import Any, Callable, Dict, List, Optional
 
 import yaml
@@ -32,10 +34,11 @@ from rich.table import Table
 import contracts
 from contracts import InstanceCatalogue, ModelCatalogue, ReferenceProfiles
 from packing.baselines import BaselineResult, first_fit_decreasing_by_price, reference_fixed_packing
+from packing.demand import build_demand
 from packing.generate import mixed_catalogue, seed_scenario, write_catalogue
 from packing.planner import plan_servers
 from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions
+from packing.resources import PackingOptions, node_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTANCES = ROOT / "config" / "instances.yaml"
@@ -116,8 +119,67 @@ def _ratio(a: float, b: Optional[float]) -> Optional[float]:
     return round(a / b, 4) if b else None
 
 
+def _plan_child(data: Optional[Dict[str, Any]], models_path: str, use_reference: bool, opts: PackingOptions,
+                plan_path: str, queue: Any) -> None:
+    """The planner, in a process of its own so that a run past the wall-clock cap can be stopped.
+    Its time: parsing `data` (or loading `models_path` when data is None), resolving profiles and
+    `plan_servers`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # HiGHS prints its banner straight to stdout; the parent's table stays clean
+    try:
+        catalogue = contracts.load(InstanceCatalogue, INSTANCES)
+        reference = contracts.load(ReferenceProfiles, REFERENCE) if use_reference else None
+        start = time.perf_counter()
+        if data is None:
+            models = contracts.load(ModelCatalogue, models_path).models
+        else:
+            models = contracts.parse(ModelCatalogue, data, Path(models_path).name).models
+        profiles, sources = resolve_profiles(models, reference)
+        loaded = time.perf_counter() - start
+        result = plan_servers(models, profiles, sources, catalogue, opts, progress=lambda msg: queue.put(("progress", msg)))
+        seconds = time.perf_counter() - start
+        contracts.write_json_atomic(plan_path, result.plan.to_json_dict())
+        queue.put(("done", {"seconds": seconds, "load_seconds": loaded}))
+    except Exception as exc:  # reported by the parent, which carries on with the other scenarios
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_planner(data: Optional[Dict[str, Any]], models_path: Path, use_reference: bool, opts: PackingOptions,
+                plan_path: Path, wall_limit: float, say: Callable[[str], None]) -> Dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_plan_child, args=(data, str(models_path), use_reference, opts, str(plan_path), queue),
+                        daemon=True)
+    started = time.perf_counter()
+    child.start()
+    outcome: Dict[str, Any] = {"status": "crashed"}
+    while True:
+        try:
+            kind, payload = queue.get(timeout=0.5)
+        except Empty:
+            if not child.is_alive():
+                outcome = {"status": "crashed", "detail": f"the planner's process exited with {child.exitcode}"}
+                break
+            if time.perf_counter() - started > wall_limit:
+                child.terminate()
+                outcome = {"status": "timeout", "detail": f"no plan after {wall_limit:.0f} s wall clock (stopped)"}
+                break
+            continue
+        if kind == "progress":
+            say(payload)
+        elif kind == "done":
+            outcome = {"status": "ok", **payload}
+            break
+        else:
+            outcome = {"status": "error", "detail": payload}
+            break
+    child.join(30)
+    outcome["wall_seconds"] = round(time.perf_counter() - started, 3)
+    return outcome
+
+
 def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: ReferenceProfiles, workdir: Path,
-                 say: Callable[[str], None]) -> Dict[str, Any]:
+                 wall_limit: float, say: Callable[[str], None]) -> Dict[str, Any]:
     here = workdir / sc.key
     here.mkdir(parents=True, exist_ok=True)
     say(f"({sc.key}) {sc.title}: generating {sc.models:,} models")
@@ -125,34 +187,46 @@ def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: Referenc
     models_path = here / "models.json"  # JSON is YAML too: the checker reads it with yaml.safe_load
     if sc.from_file:
         write_catalogue(data, models_path)
-        data = {}  # the planner's time includes reading the file back
     else:
         models_path.write_text(json.dumps(data), encoding="utf-8")
 
     say(f"({sc.key}) {sc.title}: planning")
-    start = time.perf_counter()
-    if sc.from_file:
-        models = contracts.load(ModelCatalogue, models_path).models
-    else:
-        models = contracts.parse(ModelCatalogue, data, f"scenario {sc.key}").models
-    profiles, sources = resolve_profiles(models, reference if sc.use_reference else None)
-    loaded = time.perf_counter() - start
-    result = plan_servers(models, profiles, sources, catalogue, sc.opts,
-                          progress=lambda msg: say(f"({sc.key}) {sc.title}: {msg}"))
-    planner_seconds = time.perf_counter() - start
-    plan = result.plan
+    plan_path = here / "plan.json"
+    run = run_planner(None if sc.from_file else data, models_path, sc.use_reference, sc.opts, plan_path, wall_limit,
+                      lambda msg: say(f"({sc.key}) {sc.title}: {msg}"))
 
     say(f"({sc.key}) {sc.title}: first-fit decreasing by price")
+    start = time.perf_counter()
+    models = contracts.parse(ModelCatalogue, data, f"scenario {sc.key}").models
+    profiles, _ = resolve_profiles(models, reference if sc.use_reference else None)
+    shapes = node_shapes(catalogue, sc.opts)
+    demand = build_demand(models, profiles, shapes, sc.opts)
+    inputs_seconds = time.perf_counter() - start
     platform_cost = float(sum(catalogue.platform.values()))
-    shapes = result.demand.shapes
-    ffd = first_fit_decreasing_by_price(result.demand, shapes, sc.opts, platform_cost)
-    ref = reference_fixed_packing(result.demand, shapes, sc.opts, platform_cost)
+    ffd = first_fit_decreasing_by_price(demand, shapes, sc.opts, platform_cost)
+    ref = reference_fixed_packing(demand, shapes, sc.opts, platform_cost)
 
-    say(f"({sc.key}) {sc.title}: independent check of the plan")
-    plan_path = here / "plan.json"
-    plan_path.write_text(json.dumps(plan.to_json_dict()), encoding="utf-8")
-    check = run_checker(models_path, _checker_instances(here / "instances.yaml"), plan_path, sc.opts,
-                        CHECK_TIMEOUT_S if sc.from_file else SMALL_CHECK_TIMEOUT_S)
+    planner: Dict[str, Any] = {"status": run["status"], "wall_seconds": run["wall_seconds"],
+                               "time_limit_s": sc.opts.time_limit_s}
+    ratios: Dict[str, Optional[float]] = {"planner_over_ffd": None, "planner_over_reference": None, "bound_over_ffd": None}
+    if run["status"] == "ok":
+        say(f"({sc.key}) {sc.title}: independent check of the plan")
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        planner.update({
+            "seconds": round(run["seconds"], 3), "load_seconds": round(run["load_seconds"], 3),
+            "solve_seconds": plan["solve_seconds"], "cost_per_hour": plan["cost_per_hour"],
+            "lower_bound_per_hour": plan["lower_bound_per_hour"], "gap": plan["gap"],
+            "platform_per_hour": plan["platform_per_hour"], "instances": plan["instances"],
+            "servers": len(plan["servers"]), "pods": sum(s["replicas"] for s in plan["servers"]), "solver": plan["solver"],
+        })
+        ratios = {"planner_over_ffd": _ratio(plan["cost_per_hour"], ffd.cost_per_hour),
+                  "planner_over_reference": _ratio(plan["cost_per_hour"], ref.cost_per_hour if ref else None),
+                  "bound_over_ffd": _ratio(plan["lower_bound_per_hour"], ffd.cost_per_hour)}
+        check = run_checker(models_path, _checker_instances(here / "instances.yaml"), plan_path, sc.opts,
+                            CHECK_TIMEOUT_S if sc.from_file else SMALL_CHECK_TIMEOUT_S)
+    else:
+        planner["detail"] = run.get("detail", "")
+        check = {"status": "skipped", "detail": "no plan"}
 
     return {
         "key": sc.key, "title": sc.title, "models": len(models),
@@ -161,17 +235,10 @@ def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: Referenc
                     "memory_headroom": sc.opts.memory_headroom, "min_replicas": sc.opts.min_replicas,
                     "only_instance_types": list(sc.opts.only_instance_types) if sc.opts.only_instance_types else None,
                     "time_limit_s": sc.opts.time_limit_s},
-        "planner": {"seconds": round(planner_seconds, 3), "load_seconds": round(loaded, 3),
-                    "solve_seconds": plan.solve_seconds, "cost_per_hour": plan.cost_per_hour,
-                    "lower_bound_per_hour": plan.lower_bound_per_hour, "gap": plan.gap,
-                    "platform_per_hour": plan.platform_per_hour, "instances": plan.instances,
-                    "servers": len(plan.servers), "pods": sum(s.replicas for s in plan.servers),
-                    "solver": plan.solver},
-        "ffd": _baseline(ffd),
+        "planner": planner,
+        "ffd": {**_baseline(ffd), "inputs_seconds": round(inputs_seconds, 3)},
         "reference": _baseline(ref),
-        "ratios": {"planner_over_ffd": _ratio(plan.cost_per_hour, ffd.cost_per_hour),
-                   "planner_over_reference": _ratio(plan.cost_per_hour, ref.cost_per_hour if ref else None),
-                   "bound_over_ffd": _ratio(plan.lower_bound_per_hour, ffd.cost_per_hour)},
+        "ratios": ratios,
         "check": check,
     }
 
@@ -186,12 +253,20 @@ def _money(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:,.2f}"
 
 
+def _planner_seconds(p: Dict[str, Any]) -> str:
+    if p["status"] == "ok":
+        return f"{p['seconds']:.1f}"
+    return f"> {p['wall_seconds']:.0f} ({p['status']})"
+
+
 def row(r: Dict[str, Any]) -> List[str]:
-    p, f, ref = r["planner"], r["ffd"], r["reference"]
+    p, f, ref, ratios = r["planner"], r["ffd"], r["reference"], r["ratios"]
     check = r["check"]["status"] + (f" ({r['check']['detail']})" if r["check"]["status"] != "ok" else "")
-    return [f"({r['key']}) {r['title']}", f"{r['models']:,}", _money(p["cost_per_hour"]), _money(p["lower_bound_per_hour"]),
-            f"{p['gap']:.2%}", f"{p['seconds']:.1f}", _money(f["cost_per_hour"]), f"{f['seconds']:.2f}",
-            f"{r['ratios']['planner_over_ffd']:.3f}", _money(ref["cost_per_hour"] if ref else None), check]
+    ratio = "—" if ratios["planner_over_ffd"] is None else f"{ratios['planner_over_ffd']:.3f}"
+    gap = f"{p['gap']:.2%}" if "gap" in p else "—"
+    return [f"({r['key']}) {r['title']}", f"{r['models']:,}", _money(p.get("cost_per_hour")),
+            _money(p.get("lower_bound_per_hour")), gap, _planner_seconds(p), _money(f["cost_per_hour"]),
+            f"{f['seconds']:.2f}", ratio, _money(ref["cost_per_hour"] if ref else None), check]
 
 
 def markdown(report: Dict[str, Any]) -> str:
@@ -200,10 +275,12 @@ def markdown(report: Dict[str, Any]) -> str:
         "# Packing benchmark",
         "",
         f"{report['created_at']} on {m['processor'] or m['machine']} ({m['cpu_count']} CPUs), Python {m['python']}.",
-        "`python -m bench.packing`. $/h include the platform's fixed costs. Planner time: parsing (or, for the",
-        "100,000-model case, loading the .json file), resolving profiles and `plan_servers`; FFD time: the",
-        "packing alone, over the demand the planner built. Reference: 19 models per chip on inf1.6xlarge,",
-        "where every model fits that. Check: ../shared/tools/check_plan.py on the planner's plan.",
+        "`python -m bench.packing`. $/h include the platform's fixed costs. Planner s: wall time of parsing the",
+        "catalogue (for the large case: loading its .json file), resolving profiles and `plan_servers`, against",
+        "the planner's own time limit (10 s; 100 s for the large case); the run is stopped at a wall-clock cap.",
+        "FFD: first-fit decreasing by price per pod slot; its time is the packing alone, over the same demand",
+        "model. Reference: 19 models per chip on inf1.6xlarge, where every model fits that. Check:",
+        "../shared/tools/check_plan.py on the planner's plan. Figures from a shared 2-core machine are noisy.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join(" --- " for _ in COLUMNS) + "|",
@@ -214,7 +291,7 @@ def markdown(report: Dict[str, Any]) -> str:
     lines.append("Instances:")
     lines.append("")
     for r in report["scenarios"]:
-        inst = ", ".join(f"{n} x {t}" for t, n in r["planner"]["instances"].items())
+        inst = ", ".join(f"{n} x {t}" for t, n in r["planner"].get("instances", {}).items()) or r["planner"].get("detail", "")
         ffd = ", ".join(f"{n} x {t}" for t, n in r["ffd"]["instances"].items())
         lines.append(f"- ({r['key']}) planner: {inst}; FFD: {ffd}")
     return "\n".join(lines) + "\n"
@@ -242,6 +319,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--time-limit", type=float, default=10.0, help="planner seconds for the 3,040-model scenarios")
     parser.add_argument("--time-limit-large", type=float, default=100.0, help="planner seconds for the large scenario")
     parser.add_argument("--large-models", type=int, default=100_000, help="models in the large scenario (d)")
+    parser.add_argument("--wall-limit", type=float, default=300.0,
+                        help="wall-clock seconds after which a 3,040-model planner run is stopped")
+    parser.add_argument("--wall-limit-large", type=float, default=900.0,
+                        help="wall-clock seconds after which the large planner run is stopped")
     args = parser.parse_args(argv)
 
     console, err = Console(), Console(stderr=True)
@@ -257,10 +338,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             def say(msg: str, started: float = started) -> None:
                 status.update(f"{msg}  [dim]{time.perf_counter() - started:.0f} s[/]")
 
-            r = run_scenario(sc, catalogue, reference, Path(tmp), say)
+            r = run_scenario(sc, catalogue, reference, Path(tmp), args.wall_limit_large if sc.from_file else args.wall_limit, say)
             results.append(r)
-            err.log(f"({r['key']}) {r['title']}: planner ${r['planner']['cost_per_hour']:.2f}/h in "
-                    f"{r['planner']['seconds']:.1f} s, FFD ${r['ffd']['cost_per_hour']:.2f}/h, check {r['check']['status']}")
+            p = r["planner"]
+            err.log(f"({r['key']}) {r['title']}: planner {_money(p.get('cost_per_hour'))} $/h in {_planner_seconds(p)} s, "
+                    f"FFD {_money(r['ffd']['cost_per_hour'])} $/h, check {r['check']['status']}")
     report = {"schema": 1, "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "quick": args.quick, "instances": str(INSTANCES.relative_to(ROOT)), "scenarios": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +354,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     failed = [r["key"] for r in results if r["check"]["status"] == "failed"]
     if failed:
         err.print(f"[bold red]check_plan.py rejects the plan of scenario(s) {', '.join(failed)}[/]")
+        return 1
+    broken = [r["key"] for r in results if r["planner"]["status"] in ("error", "crashed")]
+    if broken:
+        err.print(f"[bold red]the planner failed on scenario(s) {', '.join(broken)}[/]")
         return 1
     return 0
 

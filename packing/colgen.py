@@ -41,6 +41,7 @@ COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers o
 BIG_POD_SPLITS = (2, 3)
 BOUND_EVERY = 15  # rounds between lower-bound evaluations
 ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
+DIVE_FRACTION = 0.0  # and each pass fixes at least this share of the LP support (at least one column)
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,7 @@ class ColumnGeneration:
         self.lp_duals, self.lp_rho = pi, rho
         return value
 
-    def integer_solution(self, deadline: float, rounds_per_pass: int = 12) -> Dict[int, int]:
+    def integer_solution(self, deadline: float, rounds_per_pass: int = 4) -> Dict[int, int]:
         """Whole servers from the LP by iterated rounding: keep every pattern's whole servers,
         re-solve the LP (with a few pricing rounds) for the models left, and repeat; when the LP
         has no whole server, round up its largest column (a dive). What the deadline leaves is
@@ -358,10 +359,15 @@ class ColumnGeneration:
         while left.sum() > 0 and time.perf_counter() < deadline:
             x = self.lp_values
             whole = np.floor(x + ROUND_UP_FROM).astype(int)  # x >= 1 - ROUND_UP_FROM rounds up
-            if not whole.any():
-                if x.size == 0 or x.max() <= 1e-9:
-                    break
-                whole[int(np.argmax(x))] = 1
+            support = np.flatnonzero(x > 1e-9)
+            if support.size == 0:
+                break
+            # Dive: fix at least a few percent of the support per pass, the largest first, so
+            # the number of passes stays small however fractional the LP is.
+            want = max(1, int(DIVE_FRACTION * support.size))
+            if int((whole > 0).sum()) < want:
+                for j in support[np.argsort(-x[support], kind="stable")][:want]:
+                    whole[j] = max(whole[j], 1)
             for j in np.flatnonzero(whole):
                 chosen[int(j)] = chosen.get(int(j), 0) + int(whole[j])
                 for i, a in self.patterns[j].counts:

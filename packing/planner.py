@@ -107,23 +107,22 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lp_value, rounds, converged = ip.cost, 0, ip.optimal
         say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
     else:
-        result = cg.run(start + 0.6 * budget, warm=(fluid.pi, fluid.rho),
+        result = cg.run(start + 0.45 * budget, warm=(fluid.pi, fluid.rho),
                         progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
-        support = [j for j, x in enumerate(cg.lp_values) if x > 1e-9]
-        chosen = cg.integer_solution(start + 0.7 * budget)
-        chosen = rehome(cg, chosen, shapes, max(0.5, start + 0.75 * budget - time.perf_counter()))
+        chosen = cg.integer_solution(start + 0.8 * budget)
+        chosen = rehome(cg, chosen, shapes, max(0.5, start + 0.85 * budget - time.perf_counter()))
         lower = max(fluid.value, result.lower_bound)
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
     built = fill_servers(chosen, cg.patterns, cls, dem)
     nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
     placed = sum(shapes[t].price * n for t, n in nodes.items())
-    if not exact and time.perf_counter() < deadline - 1.0:
-        # The integer master over the LP's support (every generated column, for small problems)
-        # sometimes rounds better than iterated rounding; keep whichever packs cheaper.
-        columns = range(len(cg.patterns)) if n <= SMALL_INTEGER_MASTER_UP_TO else sorted(set(support) | cg.hot_columns())
-        subset = [cg.patterns[j] for j in columns]
+    if not exact and n <= SMALL_INTEGER_MASTER_UP_TO and time.perf_counter() < deadline - 1.0:
+        # Small problems: the integer master over every generated column sometimes rounds better
+        # than iterated rounding; keep whichever packs cheaper.
+        cg.hot_columns()
+        subset = list(cg.patterns)
         ip = integer_master(subset, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
         other = fill_servers(ip.servers, subset, cls, dem)
         other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
