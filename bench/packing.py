@@ -274,7 +274,7 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# Packing benchmark",
         "",
-        f"{report['created_at']} on {m['processor'] or m['machine']} ({m['cpu_count']} CPUs), Python {m['python']}.",
+        f"{report['created_at']} on {m['cpu_model'] or m['processor'] or m['machine']} ({m['cpu_count']} CPUs), Python {m['python']}.",
         "`python -m bench.packing`. $/h include the platform's fixed costs. Planner s: wall time of parsing the",
         "catalogue (for the large case: loading its .json file), resolving profiles and `plan_servers`, against",
         "the planner's own time limit (10 s; 100 s for the large case); the run is stopped at a wall-clock cap.",
@@ -306,9 +306,20 @@ def rich_table(report: Dict[str, Any]) -> Table:
     return table
 
 
+def _cpu_model() -> str:
+    """platform.processor() is often empty on Linux: /proc/cpuinfo names the CPU there."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def machine() -> Dict[str, Any]:
-    return {"processor": platform.processor(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {"processor": platform.processor(), "cpu_model": _cpu_model(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

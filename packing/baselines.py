@@ -7,7 +7,10 @@
   when none fits, a new pod on a node that still has a free slot, else a new node of the shape
   with the lowest price per pod slot among those where the model is eligible. One pod per device,
   as in the planner; with `min_replicas` R a "pod" is a server of R pods on R distinct nodes
-  whose per-pod utilisation is its load / R. Hot models get `replicas` pods of their own.
+  whose per-pod utilisation is its load / R. A model hot on a shape (`Demand.hot`) gets
+  `replicas` pods of its own there when they cost less, by price per slot, than its share (its
+  largest normalised need) of a pod on the cheapest shape where it is not hot; always where it
+  is hot everywhere it may go.
 - `reference_fixed_packing`: the reference design's fixed packing, `per_device` models per chip
   on inf1.6xlarge: ceil(models / (per_device x chips)) nodes.
 
@@ -187,9 +190,12 @@ def first_fit_decreasing_by_price(demand: Demand, shapes: Sequence[NodeShape], o
     for m in order:
         el, ho, dm, hm, um = eligible[m].tolist(), hot[m].tolist(), d[m].tolist(), h[m].tolist(), u[m].tolist()
         cool = [t for t in order_t if el[t] and not ho[t]]
-        if not cool:
-            # Hot wherever it may go: a server of its own on the shape where its pods cost least.
-            t = min((t for t in range(k) if el[t]), key=lambda t: (replicas[m, t] * per_slot[t], rank[t]))
+        own = min((t for t in order_t if el[t] and ho[t]), key=lambda t: (replicas[m, t] * per_slot[t], rank[t]), default=-1)
+        # Where it costs least by price per slot: `replicas` pods of its own on a shape where it is
+        # hot, or its share of a pod on the cheapest shape where it is not.
+        if own >= 0 and (not cool or replicas[m, own] * per_slot[own]
+                         < per_slot[cool[0]] * max(dm[cool[0]] / mem_cap[cool[0]], um[cool[0]] / reps_min / util_cap[cool[0]])):
+            t = own
             st = shape_state(t)
             g = len(servers)
             servers.append(BaselineServer(t, int(replicas[m, t]), [m], []))

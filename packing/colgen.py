@@ -39,6 +39,7 @@ COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers o
 # A node holds at most q - 1 pods that each take more than 1/q of its memory: the aggregate host
 # row alone would let two 60% pods share a node.
 BIG_POD_SPLITS = (2, 3)
+SEED_FROM_FLUID = False
 BOUND_EVERY = 15  # rounds between lower-bound evaluations
 ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
 DIVE_FRACTION = 0.0  # and each pass fixes at least this share of the LP support (at least one column)
@@ -274,6 +275,37 @@ class ColumnGeneration:
                     added += self.add_pattern(p)
         return added
 
+    def seed_from_fluid(self, placed: np.ndarray, pi: np.ndarray) -> None:
+        """Pack what the fluid relaxation put on each shape into whole pods, so the master starts
+        near a good basis instead of from artificial columns."""
+        self.pack_assignment(np.ceil(placed - 1e-6).astype(int), pi)
+
+    def pack_assignment(self, amounts: np.ndarray, values: np.ndarray) -> Dict[int, int]:
+        """Pack `amounts[i, t]` models of class i on shape t into pods of t, greedily (the most
+        valuable first), and return the servers used (pattern index -> count)."""
+        chosen: Dict[int, int] = {}
+        for t, pr in enumerate(self.pricers):
+            if pr.items.size == 0:
+                continue
+            left = amounts[pr.items, t].astype(int)
+            worth = np.maximum(values[pr.items], 1e-6)
+            knap = pr.knapsack("hi")
+            while left.sum() > 0:
+                _, counts = knap.greedy(worth, ub=left)
+                if not counts.any():
+                    break
+                used = counts > 0
+                copies = max(1, int(np.min(left[used] // counts[used])))
+                j = self.index_of(self.pattern_from_counts(t, pr.items, counts))
+                chosen[j] = chosen.get(j, 0) + copies
+                left = np.maximum(left - copies * counts, 0)
+        return chosen
+
+    def pod_cost(self, chosen: Dict[int, int]) -> float:
+        """Price of the pods alone (each pod a slot's share of its node): for comparing solutions."""
+        return sum(self.shapes[self.patterns[j].shape].price / self.shapes[self.patterns[j].shape].slots
+                   * self.patterns[j].replicas * n for j, n in chosen.items())
+
     def ensure_cover(self) -> None:
         """If the loop stopped early, a class may have no column yet: give it one of its own on the
         shape where a server of it alone costs least per model, so the integer master is feasible."""
@@ -302,14 +334,18 @@ class ColumnGeneration:
 
     def run(self, deadline: float, target_gap: float = 0.002,
             progress: Optional[Callable[[int, float, float], None]] = None,
-            warm: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ColGenResult:
+            warm: Optional[Tuple[np.ndarray, ...]] = None) -> ColGenResult:
         """Price at the master's duals until no column prices out (the LP is then optimal), the LP
         is within `target_gap` of the best proven bound, or the deadline passes. Pricing is the
         rounded LP relaxation of each knapsack; the exact knapsack runs only when that finds
         nothing. `warm` duals (the fluid relaxation's) give the first bound."""
         start = time.perf_counter()
         self.seed_columns()
-        self.bound = self.farley_bound(*warm) if warm is not None else 0.0
+        self.bound = 0.0
+        if warm is not None:
+            self.bound = self.farley_bound(warm[0], warm[1])
+            if len(warm) > 2 and SEED_FROM_FLUID:
+                self.seed_from_fluid(warm[2], warm[0])
         it, converged = self._iterate(deadline, target_gap=target_gap, progress=progress)
         self.ensure_cover()
         value = self._read_lp()

@@ -179,14 +179,13 @@ def choose_shapes(groups: Sequence[ServerGroup], shapes: Sequence[NodeShape], ti
     return out
 
 
-def fekete_schepers(x: float, k: int) -> float:
+def fekete_schepers(x: np.ndarray, k: int) -> np.ndarray:
     """The dual feasible function u_k of Fekete and Schepers: x where (k+1)x is whole, else
     floor((k+1)x) / k. Sums of u_k over items that fit one bin stay within 1. Rounded down at
     float noise, which can only weaken (never invalidate) the rows built from it."""
-    y = (k + 1) * x
-    if abs(y - round(y)) <= 1e-9:
-        return x
-    return max(0.0, np.floor(y - 1e-9) / k)
+    y = (k + 1) * np.asarray(x, float)
+    whole = np.abs(y - np.round(y)) <= 1e-9
+    return np.where(whole, x, np.maximum(0.0, np.floor(y - 1e-9) / k))
 
 
 def _dff_orders(items: Sequence[Tuple[float, int]], most: int = 12) -> List[int]:
@@ -259,10 +258,12 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
                                               (cls.h_lo, s.host_alloc_mib - s.pod_base_mib))):
             if cap <= 0:
                 continue
-            sizes = {i: figure[i, t] / (cap * tol) for i, _ in shared}
-            for k in _dff_orders([(sizes[i], int(cls.count[i])) for i, _ in shared]):
-                terms = [(v, fekete_schepers(sizes[i], k)) for i, v in shared]
-                terms = [(v, c) for v, c in terms if c > 0]
+            if not shared:
+                continue
+            sizes = np.array([figure[i, t] for i, _ in shared]) / (cap * tol)
+            for k in _dff_orders(list(zip(sizes.tolist(), (int(cls.count[i]) for i, _ in shared), strict=True))):
+                coeffs = fekete_schepers(sizes, k)
+                terms = [(v, float(c)) for (_, v), c in zip(shared, coeffs, strict=True) if c > 0]
                 if terms:
                     prob += pulp.LpAffineExpression(terms) <= pods[t], f"whole_models_{t}_{dim}_{k}"
         prob += R * pods[t] + pulp.lpSum(int(cls.replicas[i, t]) * v for i, v in own) <= s.slots * nodes[t], f"slots_{t}"

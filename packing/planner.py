@@ -22,7 +22,7 @@ from packing.resources import NodeShape, PackingOptions, node_shapes
 EXACT_CLASSES_UP_TO = 60
 CLASS_RESOLUTION = 0.02  # memory runs: memory usually binds, so they are narrow
 LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo keep it honest
-EXACT_PATTERNS_UP_TO = 20_000
+EXACT_PATTERNS_UP_TO = 5_000
 EXACT_NODES_PER_TYPE = 12
 SMALL_INTEGER_MASTER_UP_TO = 300
 
@@ -107,11 +107,12 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lp_value, rounds, converged = ip.cost, 0, ip.optimal
         say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
     else:
-        result = cg.run(start + 0.45 * budget, warm=(fluid.pi, fluid.rho),
+        result = cg.run(start + 0.45 * budget, warm=(fluid.pi, fluid.rho, fluid.servers),
                         progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
         chosen = cg.integer_solution(start + 0.8 * budget)
+        say(f"integer: iterated rounding ${cg.pod_cost(chosen):.3f}/h of pods")
         chosen = rehome(cg, chosen, shapes, max(0.5, start + 0.85 * budget - time.perf_counter()))
         lower = max(fluid.value, result.lower_bound)
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
@@ -148,22 +149,53 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
 
 
 def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:
-    """Nodes with at most half their slots used (multi-slot shapes), and the servers that live
-    only on them: rounding left these nodes, and their models may pack cheaper elsewhere. Only
-    nodes all of whose servers move are counted, so moving frees them."""
+    """Nodes whose empty slots are worth a whole node of the cheapest size of their processor,
+    and the servers that live only on them: rounding left these nodes, and their models may pack
+    cheaper elsewhere. Only nodes all of whose servers move are counted, so moving frees them."""
     on: Dict[Tuple[int, int], set] = {}
     for k, s in enumerate(solved.built):
         for n, _ in s.placements:
             on.setdefault((s.shape, n), set()).add(k)
-    free = {key for key, ks in on.items()
-            if shapes[key[0]].slots > 1 and sum(len([1 for n, _ in solved.built[k].placements if (solved.built[k].shape, n) == key])
-                                                for k in ks) <= shapes[key[0]].slots / 2}
+    cheapest = {}
+    for sh in shapes:
+        cheapest[sh.processor] = min(cheapest.get(sh.processor, sh.price), sh.price)
+    free = set()
+    for key, ks in on.items():
+        sh = shapes[key[0]]
+        used = sum(1 for k in ks for n, _ in solved.built[k].placements if (solved.built[k].shape, n) == key)
+        # Worth a try when its empty slots cost at least a whole node of the cheapest size.
+        if sh.slots > 1 and (sh.slots - used) * sh.price / sh.slots >= cheapest[sh.processor] - 1e-9:
+            free.add(key)
     while True:
         movers = {k for k, s in enumerate(solved.built) if {(s.shape, n) for n, _ in s.placements} <= free}
         kept = {key for key in free if on[key] <= movers}
         if kept == free:
             return free, sorted(movers)
         free = kept
+
+
+def first_fit_on(dem: Demand, t: int, opts: PackingOptions) -> Optional[Solved]:
+    """All of `dem`'s models on shape t, first fit by decreasing memory, one pod per server.
+    None where a model may not go there (or is hot there) or servers need several replicas."""
+    s = dem.shapes[t]
+    if opts.min_replicas != 1 or not dem.eligible[:, t].all() or dem.hot[:, t].any():
+        return None
+    caps = (s.device_memory_cap_mib * (1 + 1e-9), s.utilisation_cap * (1 + 1e-9), (s.host_alloc_mib - s.pod_base_mib) * (1 + 1e-9))
+    pods: List[List[float]] = []
+    members: List[List[int]] = []
+    for m in np.argsort(-dem.d[:, t], kind="stable").tolist():
+        need = (dem.d[m, t], dem.u[m, t], dem.h[m, t])
+        for k, used in enumerate(pods):
+            if all(u + x <= c for u, x, c in zip(used, need, caps, strict=True)):
+                pods[k] = [u + x for u, x in zip(used, need, strict=True)]
+                members[k].append(m)
+                break
+        else:
+            pods.append(list(need))
+            members.append([m])
+    built = [BuiltServer(t, 1, sorted(ms), host_per_pod=s.pod_base_mib + float(dem.h[ms, t].sum())) for ms in members]
+    nodes = place_on_nodes(built, dem.shapes, spread=1)
+    return Solved(built, nodes, 0.0, {})
 
 
 def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
@@ -175,11 +207,17 @@ def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: Pack
         return solved
     old_cost = sum(shapes[t].price for t, _ in free)
     models = sorted({m for k in movers for m in solved.built[k].models})
-    sub = solve(dem.subset(models), shapes, opts, deadline, lambda _m: None)
+    part = dem.subset(models)
+    sub = solve(part, shapes, opts, deadline, lambda _m: None)
+    for t in range(len(shapes)):
+        other = first_fit_on(part, t, opts)
+        if other is not None and sum(shapes[u].price * n for u, n in other.nodes.items()) < \
+                sum(shapes[u].price * n for u, n in sub.nodes.items()):
+            sub = other
     new_cost = sum(shapes[t].price * n for t, n in sub.nodes.items())
     if new_cost >= old_cost - 1e-9:
         return solved
-    say(f"re-planned {len(models)} models from half-empty nodes: ${old_cost:.3f}/h -> ${new_cost:.3f}/h")
+    say(f"re-planned {len(models)} models from part-empty nodes: ${old_cost:.3f}/h -> ${new_cost:.3f}/h")
     gone = set(movers)
     keep = [s for k, s in enumerate(solved.built) if k not in gone]
     renumber: Dict[Tuple[int, int], int] = {}

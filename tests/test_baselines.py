@@ -25,9 +25,9 @@ COST_TOL = 1e-6
 
 
 def instance(name: str, price: float, devices: int, device_gib: float = 8, memory_gib: float = 32, vcpu: int = 16,
-             max_pods: int = 20) -> dict:
+             max_pods: int = 20, cores: int = 4) -> dict:
     return {"name": name, "processor": "inf1", "price_per_hour": price, "vcpu": vcpu, "memory_gib": memory_gib,
-            "devices": devices, "device_memory_gib": device_gib, "cores_per_device": 4, "max_pods": max_pods}
+            "devices": devices, "device_memory_gib": device_gib, "cores_per_device": cores, "max_pods": max_pods}
 
 
 def catalogue(*instances: dict) -> InstanceCatalogue:
@@ -183,6 +183,20 @@ def test_hot_model_gets_its_own_server_with_its_replicas():
     servers = {tuple(s.models): s for s in two.servers}
     assert servers[(0,)].replicas == 3 and servers[(1,)].replicas == 2
     assert two.instances == {"inf1.four": 2} and two.pods == 5
+
+
+def test_hot_model_takes_its_own_pods_where_they_cost_less_than_a_share_elsewhere():
+    # On inf1.slow (one core a chip) 40 rps x 40 ms is 1.6 of a chip: hot, 2 pods at 0.10 $/h each.
+    # On inf1.fast it is 0.4, half a pod at 2.00 $/h: 1.00 $/h. Its own pods win. The 4 rps model
+    # is not hot on inf1.slow and goes there too, on a pod of its own kind.
+    cat = catalogue(instance("inf1.slow", 0.1, 1, cores=1, vcpu=4), instance("inf1.fast", 2.0, 1, vcpu=4))
+    result = ffd([model("busy", 500, rps=40), model("calm", 500, rps=4)], cat, PackingOptions(max_utilization=0.8))
+    assert result.instances == {"inf1.slow": 3}
+    assert sorted((s.replicas, tuple(s.models)) for s in result.servers) == [(1, (1,)), (2, (0,))]
+    # Dearer slow chips (0.60 $/h: 2 pods cost 1.20 $/h) send it to half a fast pod instead.
+    cat = catalogue(instance("inf1.slow", 0.6, 1, cores=1, vcpu=4), instance("inf1.fast", 2.0, 1, vcpu=4))
+    result = ffd([model("busy", 500, rps=40)], cat, PackingOptions(max_utilization=0.8))
+    assert result.instances == {"inf1.fast": 1}
 
 
 def test_first_fit_decreasing_on_a_mixed_catalogue_is_feasible_with_replicas():
