@@ -4,8 +4,8 @@ Models whose memory and load fall in the same narrow geometric buckets on every 
 the same eligible shapes, form a class. Each class carries two representatives per shape:
 `hi` (the members' maxima: a pattern feasible with hi values is feasible for any member, so plans
 built from hi columns are always valid) and `lo` (the minima: the LP over lo values relaxes the
-real problem, so bounds computed with lo values are valid lower bounds). A model that is hot on
-some shape stays a class of its own, since it gets a server of its own there.
+real problem, so bounds computed with lo values are valid lower bounds). Models hot on a shape
+share a class only when they need the same replicas there.
 """
 from __future__ import annotations
 
@@ -101,8 +101,10 @@ def build_classes(dem: Demand, utilisation_cap: float, resolution: float = 0.005
     load bucket (resolution 0: only identical models share a class)."""
     n = len(dem.model_ids)
     cols = [_bits(dem.eligible), _bits(dem.hot)]
-    hot_any = dem.hot.any(axis=1)
-    cols.append(np.where(hot_any, np.arange(n), -1)[:, None])
+    # Hot models are alike when they need the same replicas wherever they are hot: each gets a
+    # server of its own, so beyond that their load does not matter there.
+    hot_replicas = np.where(dem.hot, dem.replicas, 0)
+    cols.append(_group_ids([hot_replicas[:, j] for j in range(hot_replicas.shape[1])])[:, None])
     if resolution <= 0:
         # Exact classes: only models identical in every figure share one.
         for a in (dem.d, dem.h, dem.u):

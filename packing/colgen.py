@@ -163,6 +163,7 @@ class ColumnGeneration:
         self.hot_shape = np.argmin(per_server, axis=1)
         self.hot_price = np.where(self.pure_hot, per_server.min(axis=1), 0.0)
         self.demand = np.where(self.pure_hot, 0, cls.count).astype(int)
+        self.hot_total = float(np.dot(self.hot_price, cls.count))  # what the LP leaves out
         self.h = new_highs()
         # Re-solves start from the last basis; presolve would throw that away every round.
         self.h.setOptionValue("presolve", "off")
@@ -348,7 +349,7 @@ class ColumnGeneration:
                 self.seed_from_fluid(warm[2], warm[0])
         it, converged = self._iterate(deadline, target_gap=target_gap, progress=progress)
         self.ensure_cover()
-        value = self._read_lp()
+        value = self._read_lp() + self.hot_total
         self.bound = max(self.bound, self.farley_bound(self.lp_duals, self.lp_rho))
         return ColGenResult(self.patterns, value, self.bound, it, converged, time.perf_counter() - start)
 
@@ -362,8 +363,8 @@ class ColumnGeneration:
             if target_gap is not None and (it % BOUND_EVERY == 0 or exact):
                 self.bound = max(self.bound, self.farley_bound(pi, rho))
             if progress:
-                progress(it, value, self.bound)
-            if target_gap is not None and value - self.bound <= target_gap * value:
+                progress(it, value + self.hot_total, self.bound)
+            if target_gap is not None and value + self.hot_total - self.bound <= target_gap * (value + self.hot_total):
                 return it, False
             if self.price_round((pi, rho), (pi, sigma, rho), exact) == 0:
                 if exact:

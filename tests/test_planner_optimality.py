@@ -504,8 +504,6 @@ WITNESS_30 = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="known rounding gap: small mixed cpu+inf1 catalogues whose enumeration "
-                   "overflows round the LP to ~$1.14/h against $0.80/h (issue 2 note); strict, so a fix shows up")
 def test_thirty_mixed_models_cost_no_more_than_a_known_packing():
     """30 mixed models over config/instances.yaml: the packing above is feasible (checked here,
     independently) at $0.796/h; the planner must not return a dearer plan. (It returned $2.496/h,
