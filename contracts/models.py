@@ -21,22 +21,20 @@ DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def check_dns_label(value: str) -> str:
-    if not DNS_1123_LABEL.match(value):
+def _check_label(value: str, pattern: re.Pattern[str], kind: str, start: str) -> str:
+    if not pattern.match(value):
         raise ValueError(
-            f"must be a DNS label (lower-case letters, digits and '-', at most 63, starting and "
-            f"ending with a letter or digit), got {value!r}"
+            f"must be a {kind} (lower-case letters, digits and '-', at most 63, starting {start}), got {value!r}"
         )
     return value
+
+
+def check_dns_label(value: str) -> str:
+    return _check_label(value, DNS_1123_LABEL, "DNS label", "and ending with a letter or digit")
 
 
 def check_dns_1035_label(value: str) -> str:
-    if not DNS_1035_LABEL.match(value):
-        raise ValueError(
-            f"must be a DNS-1035 label (lower-case letters, digits and '-', at most 63, starting "
-            f"with a letter), got {value!r}"
-        )
-    return value
+    return _check_label(value, DNS_1035_LABEL, "DNS-1035 label", "with a letter")
 
 
 class Contract(BaseModel):
