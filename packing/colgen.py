@@ -23,7 +23,7 @@ bound holds for the real models even when the loop stopped early.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import highspy
@@ -63,7 +63,6 @@ class ColGenResult:
     iterations: int
     converged: bool
     seconds: float
-    log: List[str] = field(default_factory=list)
 
 
 def pod_caps(s: NodeShape) -> Tuple[float, float, float]:

@@ -11,7 +11,6 @@ server with ceil(u / max_utilization) replicas. Arrays are numpy so 100,000 mode
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence
 
@@ -136,8 +135,3 @@ def _require_placeable(models, profiles, dem: Demand, slo: np.ndarray, opts: Pac
         f"{stuck.size} model(s) fit on no instance type ({shapes}):\n" + "\n".join(lines) + more
         + "\nFix: add a profile for another processor, relax the SLO, or allow larger instance types."
     )
-
-
-def server_replicas(u_total: float, opts: PackingOptions) -> int:
-    """Pods a server needs so that each stays within the utilisation cap."""
-    return max(opts.min_replicas, math.ceil(u_total / opts.max_utilization - TOLERANCE))

@@ -370,7 +370,3 @@ def plan_servers(
         "profile_sources": {m.id: dict(profile_sources.get(m.id, {})) for m in models},
     })
     return PlanResult(plan, pods, dem)
-
-
-def plan_summary(plan: Plan) -> Tuple[float, float, float]:
-    return plan.cost_per_hour, plan.lower_bound_per_hour, plan.gap

@@ -48,17 +48,9 @@ class NodeShape:
     device_memory_mib: float  # the physical device (cpu: the slice's share of allocatable memory)
 
     @property
-    def is_cpu(self) -> bool:
-        return self.processor == "cpu"
-
-    @property
     def accelerator(self) -> Optional[Tuple[str, int]]:
         name = ACCELERATOR_RESOURCE.get(self.processor)
         return (name, 1) if name else None
-
-    def family_key(self) -> tuple:
-        """Shapes whose pods are packed against the same limits share pricing work."""
-        return (self.processor, self.device_memory_cap_mib, self.cores_per_device, self.utilisation_cap)
 
 
 @dataclass(frozen=True)
