@@ -14,6 +14,8 @@ feasible set, so the result is always an upper bound.
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Tuple
 
 import highspy
@@ -22,6 +24,33 @@ import numpy as np
 INF = highspy.kHighsInf
 EPS = 1e-9
 DP_CELLS = 6000  # memory grid of the bounding DP: finer is tighter and slower
+
+
+_BANNER_SHOWN = False
+
+
+def quiet_banner() -> None:
+    """Make (and drop) the process's first HiGHS object with stdout muted: every later one,
+    PuLP's included, is then silent."""
+    _quiet_first_highs()
+
+
+def _quiet_first_highs() -> highspy.Highs:
+    """HiGHS prints its banner on stdout when the first solver object is made, before any option
+    can turn output off; the command-line tools' stdout is for their own summary."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return highspy.Highs()
+    _BANNER_SHOWN = True
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            return highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def new_highs() -> highspy.Highs:

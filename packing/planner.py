@@ -15,6 +15,7 @@ from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
 from packing.demand import Demand, build_demand
 from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master, integer_nodes
+from packing.knapsack import quiet_banner
 from packing.loads import ModelLoad, PodLoad
 from packing.queueing import predicted_p90_ms
 from packing.resources import NodeShape, PackingOptions, node_shapes
@@ -301,6 +302,7 @@ def plan_servers(
     progress: Optional[Callable[[str], None]] = None,
 ) -> PlanResult:
     say = progress or (lambda _msg: None)
+    quiet_banner()
     start = time.perf_counter()
     deadline = start + opts.time_limit_s
     shapes = node_shapes(catalogue, opts)
