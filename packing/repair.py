@@ -1,0 +1,136 @@
+"""Second looks at a plan: nodes that rounding left part-empty are re-planned, and first-fit
+decreasing stands in wherever it packs cheaper."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from packing.assemble import BuiltServer, place_on_nodes
+from packing.baselines import BaselineResult
+from packing.demand import Demand
+from packing.resources import NodeShape, PackingOptions
+
+
+@dataclass
+class Solved:
+    built: List[BuiltServer]
+    nodes: Dict[int, int]  # shape -> nodes
+    lower: float  # proven bound on instance $/h
+    info: Dict[str, object]
+
+
+def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:
+    """Nodes whose empty slots are worth a whole node of the cheapest size of their processor,
+    and the servers that live only on them: rounding left these nodes, and their models may pack
+    cheaper elsewhere. Only nodes all of whose servers move are counted, so moving frees them."""
+    on: Dict[Tuple[int, int], set] = {}
+    for k, s in enumerate(solved.built):
+        for n, _ in s.placements:
+            on.setdefault((s.shape, n), set()).add(k)
+    cheapest = {}
+    for sh in shapes:
+        cheapest[sh.processor] = min(cheapest.get(sh.processor, sh.price), sh.price)
+    free = set()
+    for key, ks in on.items():
+        sh = shapes[key[0]]
+        used = sum(1 for k in ks for n, _ in solved.built[k].placements if (solved.built[k].shape, n) == key)
+        # Worth a try when its empty slots cost at least a whole node of the cheapest size.
+        if sh.slots > 1 and (sh.slots - used) * sh.price / sh.slots >= cheapest[sh.processor] - 1e-9:
+            free.add(key)
+    while True:
+        movers = {k for k, s in enumerate(solved.built) if {(s.shape, n) for n, _ in s.placements} <= free}
+        kept = {key for key in free if on[key] <= movers}
+        if kept == free:
+            return free, sorted(movers)
+        free = kept
+
+
+def first_fit_on(dem: Demand, t: int, opts: PackingOptions) -> Optional[Solved]:
+    """All of `dem`'s models on shape t, first fit by decreasing memory, one pod per server.
+    None where a model may not go there (or is hot there) or servers need several replicas."""
+    s = dem.shapes[t]
+    if opts.min_replicas != 1 or not dem.eligible[:, t].all() or dem.hot[:, t].any():
+        return None
+    caps = (s.device_memory_cap_mib * (1 + 1e-9), s.utilisation_cap * (1 + 1e-9), (s.host_alloc_mib - s.pod_base_mib) * (1 + 1e-9))
+    pods: List[List[float]] = []
+    members: List[List[int]] = []
+    for m in np.argsort(-dem.d[:, t], kind="stable").tolist():
+        need = (dem.d[m, t], dem.u[m, t], dem.h[m, t])
+        for k, used in enumerate(pods):
+            if all(u + x <= c for u, x, c in zip(used, need, caps, strict=True)):
+                pods[k] = [u + x for u, x in zip(used, need, strict=True)]
+                members[k].append(m)
+                break
+        else:
+            pods.append(list(need))
+            members.append([m])
+    built = [BuiltServer(t, 1, sorted(ms), host_per_pod=s.pod_base_mib + float(dem.h[ms, t].sum())) for ms in members]
+    nodes = place_on_nodes(built, dem.shapes, spread=1)
+    return Solved(built, nodes, 0.0, {})
+
+
+def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
+            say: Callable[[str], None], solve: Callable[..., Solved]) -> Solved:
+    """Re-plan the models on half-empty nodes on their own (small, so often exactly) and keep the
+    result when it costs less than those nodes."""
+    free, movers = _half_empty_nodes(solved, shapes)
+    if not movers or time.perf_counter() > deadline - 0.5:
+        return solved
+    old_cost = sum(shapes[t].price for t, _ in free)
+    models = sorted({m for k in movers for m in solved.built[k].models})
+    part = dem.subset(models)
+    sub = solve(part, shapes, opts, deadline, lambda _m: None)
+    for t in range(len(shapes)):
+        other = first_fit_on(part, t, opts)
+        if other is not None and sum(shapes[u].price * n for u, n in other.nodes.items()) < \
+                sum(shapes[u].price * n for u, n in sub.nodes.items()):
+            sub = other
+    new_cost = sum(shapes[t].price * n for t, n in sub.nodes.items())
+    if new_cost >= old_cost - 1e-9:
+        return solved
+    say(f"re-planned {len(models)} models from part-empty nodes: ${old_cost:.3f}/h -> ${new_cost:.3f}/h")
+    gone = set(movers)
+    keep = [s for k, s in enumerate(solved.built) if k not in gone]
+    renumber: Dict[Tuple[int, int], int] = {}
+    used: Dict[int, int] = {}
+    for s in keep:
+        places = []
+        for n, d in s.placements:
+            if (s.shape, n) not in renumber:
+                renumber[s.shape, n] = used.get(s.shape, 0)
+                used[s.shape] = used.get(s.shape, 0) + 1
+            places.append((renumber[s.shape, n], d))
+        s.placements = places
+    for s in sub.built:
+        offset = used.get(s.shape, 0)
+        s.placements = [(n + offset, d) for n, d in s.placements]
+        s.models = [models[m] for m in s.models]
+    for t, n in sub.nodes.items():
+        used[t] = used.get(t, 0) + n
+    return Solved(keep + sub.built, used, solved.lower, solved.info)
+
+
+def from_baseline(result: BaselineResult, dem: Demand) -> List[BuiltServer]:
+    devices: Dict[Tuple[int, int], int] = {}
+    built = []
+    for b in result.servers:
+        s = BuiltServer(b.shape, b.replicas, sorted(int(m) for m in b.models))
+        s.host_per_pod = dem.shapes[b.shape].pod_base_mib + float(dem.h[s.models, b.shape].sum())
+        for n in b.nodes:
+            d = devices.get((b.shape, n), 0)
+            devices[b.shape, n] = d + 1
+            s.placements.append((int(n), d))
+        built.append(s)
+    return built
+
+
+def ffd_nodes(result: BaselineResult) -> Dict[int, int]:
+    nodes: Dict[int, int] = {}
+    for b in result.servers:
+        nodes[b.shape] = max(nodes.get(b.shape, 0), max(b.nodes) + 1)
+    return nodes
+
+
