@@ -22,7 +22,7 @@ from packing.resources import NodeShape, PackingOptions, node_shapes
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
 EXACT_CLASSES_UP_TO = 60
-CLASS_RESOLUTION = 0.02  # memory runs: memory usually binds, so they are narrow
+CLASS_RESOLUTION = 0.03  # memory runs: memory usually binds, so they are narrow
 LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo keep it honest
 EXACT_PATTERNS_UP_TO = 5_000
 EXACT_NODES_PER_TYPE = 12
