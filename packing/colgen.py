@@ -39,7 +39,6 @@ COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers o
 # A node holds at most q - 1 pods that each take more than 1/q of its memory: the aggregate host
 # row alone would let two 60% pods share a node.
 BIG_POD_SPLITS = (2, 3)
-SEED_FROM_FLUID = False
 BOUND_EVERY = 15  # rounds between lower-bound evaluations
 ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
 DIVE_FRACTION = 0.0  # and each pass fixes at least this share of the LP support (at least one column)
@@ -275,32 +274,6 @@ class ColumnGeneration:
                     added += self.add_pattern(p)
         return added
 
-    def seed_from_fluid(self, placed: np.ndarray, pi: np.ndarray) -> None:
-        """Pack what the fluid relaxation put on each shape into whole pods, so the master starts
-        near a good basis instead of from artificial columns."""
-        self.pack_assignment(np.ceil(placed - 1e-6).astype(int), pi)
-
-    def pack_assignment(self, amounts: np.ndarray, values: np.ndarray) -> Dict[int, int]:
-        """Pack `amounts[i, t]` models of class i on shape t into pods of t, greedily (the most
-        valuable first), and return the servers used (pattern index -> count)."""
-        chosen: Dict[int, int] = {}
-        for t, pr in enumerate(self.pricers):
-            if pr.items.size == 0:
-                continue
-            left = amounts[pr.items, t].astype(int)
-            worth = np.maximum(values[pr.items], 1e-6)
-            knap = pr.knapsack("hi")
-            while left.sum() > 0:
-                _, counts = knap.greedy(worth, ub=left)
-                if not counts.any():
-                    break
-                used = counts > 0
-                copies = max(1, int(np.min(left[used] // counts[used])))
-                j = self.index_of(self.pattern_from_counts(t, pr.items, counts))
-                chosen[j] = chosen.get(j, 0) + copies
-                left = np.maximum(left - copies * counts, 0)
-        return chosen
-
     def pod_cost(self, chosen: Dict[int, int]) -> float:
         """Price of the pods alone (each pod a slot's share of its node): for comparing solutions."""
         return sum(self.shapes[self.patterns[j].shape].price / self.shapes[self.patterns[j].shape].slots
@@ -316,13 +289,11 @@ class ColumnGeneration:
         for i in np.flatnonzero(~covered):
             best = None
             for t, s in enumerate(self.shapes):
-                if not self.cls.eligible[i, t]:
-                    continue
-                caps = pod_caps(s)
-                a = min(int(self.cls.count[i]),
-                        int(caps[0] // max(self.cls.d_hi[i, t], 1e-12)),
-                        int(caps[1] // max(self.cls.u_hi[i, t] / self.R, 1e-12)),
-                        int(caps[2] // max(self.cls.h_hi[i, t], 1e-12)))
+                pr = self.pricers[t]
+                k = np.searchsorted(pr.items, i)
+                if k == pr.items.size or pr.items[k] != i:
+                    continue  # not eligible here, or hot here (hot classes have their own columns)
+                a = int(pr.knapsack("hi").ub[k])  # as many as fit one pod, at most the class
                 if a < 1:
                     continue
                 per_model = s.price / s.slots * self.R / a
@@ -334,7 +305,7 @@ class ColumnGeneration:
 
     def run(self, deadline: float, target_gap: float = 0.002,
             progress: Optional[Callable[[int, float, float], None]] = None,
-            warm: Optional[Tuple[np.ndarray, ...]] = None) -> ColGenResult:
+            warm: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ColGenResult:
         """Price at the master's duals until no column prices out (the LP is then optimal), the LP
         is within `target_gap` of the best proven bound, or the deadline passes. Pricing is the
         rounded LP relaxation of each knapsack; the exact knapsack runs only when that finds
@@ -344,8 +315,6 @@ class ColumnGeneration:
         self.bound = 0.0
         if warm is not None:
             self.bound = self.farley_bound(warm[0], warm[1])
-            if len(warm) > 2 and SEED_FROM_FLUID:
-                self.seed_from_fluid(warm[2], warm[0])
         it, converged = self._iterate(deadline, target_gap=target_gap, progress=progress)
         self.ensure_cover()
         value = self._read_lp() + self.hot_total
@@ -474,9 +443,7 @@ class ColumnGeneration:
         """Add every feasible server pattern (small problems only). False if there are more than
         `limit`: then the columns added so far are kept, and column generation goes on."""
         self.seed_columns()
-        for i in np.flatnonzero(self.pure_hot):
-            for t in np.flatnonzero(self.cls.eligible[i]):
-                self.add_pattern(self.hot_pattern(int(i), int(t)))
+        self.hot_columns()
         total = 0
         for t, pr in enumerate(self.pricers):
             if pr.items.size == 0:

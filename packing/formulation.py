@@ -204,7 +204,6 @@ class FluidSolution:
     value: float
     pi: np.ndarray  # per class: the marginal cost of one more model
     rho: np.ndarray  # per shape: the price of one MiB of node host memory
-    servers: np.ndarray  # per (class, shape): models placed there (fractional)
 
 
 def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: int) -> FluidSolution:
@@ -276,7 +275,4 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
         raise RuntimeError(f"the fluid relaxation did not solve: {pulp.LpStatus[prob.status]}")
     pi = np.array([max(0.0, prob.constraints[f"place_{i}"].pi or 0.0) for i in range(n_cls)])
     rho = np.array([max(0.0, -(prob.constraints[f"host_{t}"].pi or 0.0)) for t in range(n_shapes)])
-    placed = np.zeros((n_cls, n_shapes))
-    for (i, t), v in y.items():
-        placed[i, t] = v.varValue or 0.0
-    return FluidSolution(float(pulp.value(prob.objective)), pi, rho, placed)
+    return FluidSolution(float(pulp.value(prob.objective)), pi, rho)

@@ -101,7 +101,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lp_value, rounds, converged = ip.cost, 0, ip.optimal
         say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
     else:
-        result = cg.run(start + 0.45 * budget, warm=(fluid.pi, fluid.rho, fluid.servers),
+        result = cg.run(start + 0.45 * budget, warm=(fluid.pi, fluid.rho),
                         progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
