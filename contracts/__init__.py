@@ -3,6 +3,9 @@ from contracts.loading import ContractError, load, parse, read_data, write_atomi
 from contracts.models import (
     PROCESSORS,
     Accelerator,
+    ArtifactFile,
+    BundleManifest,
+    Check,
     InstanceCatalogue,
     InstanceType,
     LatencyPoint,
@@ -20,12 +23,15 @@ from contracts.models import (
     Resources,
     Routes,
     Server,
+    StoreEntry,
     check_dns_label,
+    check_sha256,
 )
 
 __all__ = [
-    "PROCESSORS", "Accelerator", "ContractError", "InstanceCatalogue", "InstanceType", "LatencyPoint",
-    "ModelCatalogue", "ModelSpec", "Placement", "Plan", "Predicted", "PreviousPlan", "Processor",
-    "Profile", "ReferenceProfile", "ReferenceProfiles", "Requests", "Resources", "Routes", "Server", "check_dns_label", "load", "parse",
+    "PROCESSORS", "Accelerator", "ArtifactFile", "BundleManifest", "Check", "ContractError",
+    "InstanceCatalogue", "InstanceType", "LatencyPoint", "ModelCatalogue", "ModelSpec", "Placement", "Plan",
+    "Predicted", "PreviousPlan", "Processor", "Profile", "ReferenceProfile", "ReferenceProfiles", "Requests",
+    "Resources", "Routes", "Server", "StoreEntry", "check_dns_label", "check_sha256", "load", "parse",
     "read_data", "write_atomic", "write_json_atomic",
 ]

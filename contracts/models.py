@@ -270,6 +270,89 @@ class Plan(Contract):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_sha256(value: str) -> str:
+    if not SHA256_HEX.match(value):
+        raise ValueError(f"must be a sha256 digest (64 lower-case hex digits), got {value!r}")
+    return value
+
+
+class ArtifactFile(Contract):
+    sha256: str
+    size: int = Field(ge=0)
+
+    _sha = field_validator("sha256")(check_sha256)
+
+
+class BundleManifest(Contract):
+    """`artifacts/<sha256>/manifest.json`: what a traced bundle holds and how to call it.
+
+    The bundle directory is named by the sha256 of `model_file`; `files` lists every other file of
+    the bundle (the model file included, manifest.json itself excluded) so a reader can verify all."""
+
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    model_file: str = "model.pt"
+    files: Dict[str, ArtifactFile] = Field(min_length=1)
+    processor: Processor
+    task: Task
+    source: str
+    shape: str = Field(description="model shape, e.g. bert-base-cased")
+    sequence_length: int = Field(gt=0)
+    batch_size: int = Field(gt=0, description="the batch the artifact was traced at")
+    precision: Precision = "fp32"
+    inputs: Dict[str, List[int]] = Field(description="input name -> traced shape, e.g. input_ids: [1, 128]")
+    outputs: Dict[str, List[int]] = Field(description="output name -> shape at the traced batch")
+    labels: Optional[List[str]] = Field(default=None, description="sequence-classification label names")
+    runtime: Dict[str, str] = Field(default_factory=dict, description="library versions that traced it")
+    compiler_args: List[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _model_file_listed(self) -> BundleManifest:
+        if self.model_file not in self.files:
+            raise ValueError(f"model_file {self.model_file!r} is not among files")
+        return self
+
+    @property
+    def digest(self) -> str:
+        return self.files[self.model_file].sha256
+
+
+class Check(Contract):
+    """The traced artifact's outputs against the eager model's on fixed check inputs."""
+
+    metric: Literal["cosine", "max_abs_diff"]
+    value: float
+    limit: float
+    passed: bool
+
+
+class StoreEntry(Contract):
+    """`models/<model-id>/<processor>.json`: one model on one processor, published last."""
+
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    model_id: str
+    processor: Processor
+    artifact: str = Field(description="sha256 of the bundle's model file: artifacts/<artifact>/")
+    task: Task
+    source: str
+    sequence_length: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    precision: Precision = "fp32"
+    inputs: Dict[str, List[int]]
+    outputs: Dict[str, List[int]]
+    profile: Profile
+    check: Optional[Check] = None
+    created_at: str
+
+    _id = field_validator("model_id")(check_dns_label)
+    _artifact = field_validator("artifact")(check_sha256)
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 class RouteModel(Contract):
     server: str
     path: str
