@@ -100,6 +100,15 @@ def test_shared_artifact_profile_and_bundle_complete(minilm_store, tmp_path):
     verify_local(bundle, m.artifact)
     vocab = (bundle / "vocab.txt").read_text().splitlines()
     assert len(vocab) == 30522 and vocab[101] == "[CLS]"
+    # vocab.txt is what transformers 4.x's slow tokenizer reads: it must give tokenizer.json's ids.
+    from tokenizers import BertWordPieceTokenizer, Tokenizer
+
+    text = "Serving thousands of models on Inferentia"
+    fast = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    fast.no_padding()
+    from_json = fast.encode(text).ids
+    from_vocab = BertWordPieceTokenizer(str(bundle / "vocab.txt"), lowercase=True).encode(text).ids
+    assert from_json == from_vocab and len(from_json) > 3
 
 
 def test_plan_from_store_uses_measured_profiles(minilm_store, tmp_path):
