@@ -23,6 +23,7 @@ from tracing.sources import load_source, parse_source
 from tracing.trace import TraceOptions, neuron_compiler_args, trace_module
 
 ROOT = Path(__file__).resolve().parent.parent
+CHECK_PLAN = Path(os.environ.get("MODELFLEET_CHECK_PLAN", ROOT.parent / "shared" / "tools" / "check_plan.py"))
 FAST = ["--reps", "3", "--warmup", "1", "--batches", "1,2", "--quiet"]
 
 
@@ -133,7 +134,7 @@ def test_plan_from_store_uses_measured_profiles(minilm_store, tmp_path):
     for m in inlined["models"]:
         m["profiles"] = {"cpu": read_entry(store, m["id"], "cpu").profile.model_dump(exclude_none=True, mode="json")}
     checked = write_models(tmp_path / "inlined.yaml", inlined["models"])
-    check = subprocess.run([sys.executable, str(ROOT.parent / "shared/tools/check_plan.py"), str(checked),
+    check = subprocess.run([sys.executable, str(CHECK_PLAN), str(checked),
                             str(ROOT / "config/instances.yaml"), str(out), "0.83", "0"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
