@@ -294,6 +294,16 @@ def markdown(report: Dict[str, Any]) -> str:
         inst = ", ".join(f"{n} x {t}" for t, n in r["planner"].get("instances", {}).items()) or r["planner"].get("detail", "")
         ffd = ", ".join(f"{n} x {t}" for t, n in r["ffd"]["instances"].items())
         lines.append(f"- ({r['key']}) planner: {inst}; FFD: {ffd}")
+    lines.append("")
+    lines.append("Where the bound comes from (the reported bound is the larger of the last two):")
+    lines.append("")
+    for r in report["scenarios"]:
+        sol = r["planner"].get("solver")
+        if sol:
+            lines.append(f"- ({r['key']}) {sol['name']}, {sol['classes']} classes, {sol['rounds']} rounds, "
+                         f"{sol['columns']} columns: LP {_money(sol['lp_per_hour'])}, fluid relaxation "
+                         f"{_money(sol['fluid_per_hour'])}, configuration LP (Farley) "
+                         f"{_money(sol.get('config_bound_per_hour'))}")
     return "\n".join(lines) + "\n"
 
 
