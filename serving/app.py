@@ -1,0 +1,218 @@
+"""create_app(settings): the FastAPI app of one server: both protocols, probes, metrics, JSON errors, and the
+bookkeeping that lets a SIGTERM drain it (readiness false at once, new requests 503, in-flight ones finish)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from typing import Any, AsyncIterator, Dict, Optional, Tuple
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving import v1, v2
+from serving.body import DEADLINE_KEY, drain, too_large
+from serving.config import Settings
+from serving.dataplane import DataPlane
+from serving.errors import ServingError, ShuttingDown
+from serving.metrics import Metrics
+from serving.repository import FAILED, LOADING, READY, ModelRepository
+
+log = logging.getLogger("serving.app")
+
+# Inference paths: (protocol, model id) from the path, for metrics, deadlines, the body limit and draining.
+INFERENCE_PATHS = (
+    ("v1", re.compile(r"^/predictions/([^/]+)/?$")),
+    ("v2", re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer/?$")),
+)
+
+
+class ServerState:
+    """What the probes, the middleware and the shutdown share."""
+
+    def __init__(self, settings: Settings, repository: ModelRepository, plane: DataPlane, metrics: Metrics) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.plane = plane
+        self.metrics = metrics
+        self.shutting_down = False
+        self.inflight = 0  # inference requests being handled (queued or running included)
+
+    def begin_shutdown(self) -> None:
+        """Readiness false and new inference requests 503, at once; requests already in flight carry on."""
+        if not self.shutting_down:
+            log.info("shutting down: readiness is now false; %d request(s) in flight will finish", self.inflight)
+        self.shutting_down = True
+        self.plane.shutting_down = True
+        self.repository.stop()
+
+    def readiness(self) -> Tuple[bool, Dict[str, Any]]:
+        """Ready once no model is loading and at least one serves (a failed model answers 503 with its reason and
+        is listed here, but does not take the server's other models out of service); never after SIGTERM."""
+        summary = self.repository.summary()
+        if self.shutting_down:
+            return False, {"status": "shutting down", "message": "the server is shutting down", **summary}
+        if summary["loading"]:
+            waiting = ", ".join(f"{m} ({why})" for m, why in list(summary["loading"].items())[:5])
+            return False, {"status": "loading", "message": f"{len(summary['loading'])} model(s) not loaded yet: {waiting}", **summary}
+        if not summary["ready_models"]:
+            return False, {"status": "failed", "message": "no model could be loaded: see failed for each model's reason", **summary}
+        if summary["failed"]:
+            failed = ", ".join(summary["failed"])
+            return True, {"status": "degraded", "message": f"{len(summary['failed'])} model(s) failed to load and answer 503: "
+                                                           f"{failed} (see failed for the reasons)", **summary}
+        return True, {"status": "ready", "message": f"all {len(summary['ready_models'])} model(s) ready", **summary}
+
+    def update_model_gauges(self) -> None:
+        counts = self.repository.counts()
+        self.metrics.model_states(counts[READY], counts[FAILED], counts[LOADING])
+
+
+def _inference_path(path: str) -> Optional[Tuple[str, str]]:
+    for protocol, pattern in INFERENCE_PATHS:
+        match = pattern.match(path)
+        if match:
+            return protocol, match.group(1)
+    return None
+
+
+class ServingMiddleware:
+    """For inference requests: the deadline, the in-flight count, Content-Length against MAX_BODY_BYTES, 503 while
+    shutting down, and the request metrics (status code and latency by model and protocol)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = _inference_path(scope["path"]) if scope["type"] == "http" else None
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        protocol, model_id = found
+        state, settings = self.state, self.state.settings
+        started = time.monotonic()
+        scope[DEADLINE_KEY] = started + settings.request_timeout_ms / 1000.0
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        state.inflight += 1
+        state.metrics.inflight.inc()
+        try:
+            if state.shutting_down:
+                await drain(receive)
+                await error_response(ShuttingDown("the server is shutting down: send the request to another replica"))(
+                    scope, receive, send_status)
+                return
+            length = _content_length(scope)
+            if length is not None and length > settings.max_body_bytes:
+                await drain(receive)
+                await error_response(too_large(settings.max_body_bytes))(scope, receive, send_status)
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            state.inflight -= 1
+            state.metrics.inflight.dec()
+            label = model_id if model_id in state.repository.records else "unknown"
+            state.metrics.request(label, protocol, status, time.monotonic() - started)
+
+
+def _content_length(scope: Scope) -> Optional[int]:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def error_response(error: ServingError) -> JSONResponse:
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers or None)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    problems = []
+    for err in exc.errors()[:3]:
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        problems.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(problems)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The server's ASGI app. Its lifespan starts loading the models in the background and stops the batchers."""
+    metrics = Metrics()
+    holder: Dict[str, ServerState] = {}
+    repository = ModelRepository(settings, on_change=lambda: holder["state"].update_model_gauges())
+    plane = DataPlane(settings, repository, metrics)
+    state = ServerState(settings, repository, plane, metrics)
+    holder["state"] = state
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        plane.start()
+        state.update_model_gauges()
+        log.info("server %s: %d model(s) from %s on %s; %d inference thread(s), batches of up to %d, memory budget %s",
+                 settings.server_id, len(settings.model_ids), settings.store_uri, settings.processor, settings.workers,
+                 settings.max_batch_size, settings.memory_budget_text)
+        repository.start()
+        try:
+            yield
+        finally:
+            state.begin_shutdown()
+            await plane.stop()
+
+    app = FastAPI(title="modelfleet model server", version=v2.SERVER_VERSION, lifespan=lifespan, docs_url="/docs",
+                  description="Serves the models assigned to this pod: /predictions (the reference design's API) and the "
+                              "KServe v2 / Open Inference Protocol (with Triton's binary tensor extension).")
+    app.state.serving = state
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(_request: Request, exc: ServingError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}: see /docs for the API"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}: see /docs for the API"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
+    async def healthz() -> Dict[str, Any]:
+        return {"status": "alive", "server_id": settings.server_id}
+
+    @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once loading is over and a model serves; 503 before, "
+                                                  "and after SIGTERM")
+    async def readyz() -> JSONResponse:
+        ok, body = state.readiness()
+        return JSONResponse({"ready": ok, **body}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    app.include_router(v1.create_router(plane, settings))
+    app.include_router(v2.create_router(plane, settings, state.readiness))
+    app.add_middleware(ServingMiddleware, state=state)
+    return app

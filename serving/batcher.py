@@ -1,0 +1,233 @@
+"""Dynamic batching per model, on a bounded pool of inference threads shared by all models.
+
+Each model has a bounded queue of rows (QUEUE_SIZE; a request that does not fit gets QueueFull -> 429 with
+Retry-After). Its loop takes the first waiting request, waits for a free inference slot (slots = executor
+threads, so the executor never queues), then drains the queue up to max_batch_size rows, waiting at most
+max_delay_ms from the first request's arrival for the batch to fill. The forward runs on the executor, never on
+the event loop. Requests whose deadline passed are dropped before their batch runs; a request whose deadline
+passes while it runs gets DeadlineExceeded (504) and its rows are discarded.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import Executor
+from typing import Any, Callable, Deque, List, Optional, Set
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
+
+log = logging.getLogger("serving.batcher")
+
+Forward = Callable[[np.ndarray, np.ndarray], List[np.ndarray]]
+MAX_RETRY_AFTER_S = 30
+
+
+class _Item:
+    __slots__ = ("ids", "mask", "deadline", "enqueued", "future", "queued")
+
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, deadline: float, future: asyncio.Future) -> None:
+        self.ids = ids
+        self.mask = mask
+        self.deadline = deadline
+        self.enqueued = time.monotonic()
+        self.future = future
+        self.queued = True
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class Batcher:
+    """The batching queue of one model. Create and use it on the event loop."""
+
+    def __init__(self, model_id: str, forward: Forward, *, max_batch_size: int, max_delay_ms: float, queue_size: int,
+                 timeout_ms: float, slots: asyncio.Semaphore, executor: Executor, workers: int, metrics: Any = None) -> None:
+        self.model_id = model_id
+        self.forward = forward
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.queue_size = queue_size
+        self.timeout_ms = timeout_ms
+        self.workers = workers
+        self.metrics = metrics
+        self._slots = slots
+        self._executor = executor
+        self._pending: Deque[_Item] = deque()
+        self._rows = 0
+        self._wakeup = asyncio.Event()
+        self._batch_s = 0.05  # running estimate of one forward, for Retry-After
+        self._closed = False
+        self._running: Set[asyncio.Task] = set()
+        self._task: Optional[asyncio.Task] = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{model_id}")
+
+    @property
+    def queued_rows(self) -> int:
+        return self._rows
+
+    async def submit(self, input_ids: np.ndarray, attention_mask: np.ndarray, deadline: float) -> List[np.ndarray]:
+        """Outputs for rows [n, sequence_length] (float32, [n, ...] each), in order; raises QueueFull,
+        DeadlineExceeded, ShuttingDown or InferenceFailed."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down: send the request to another replica")
+        rows = int(input_ids.shape[0])
+        if self._rows + rows > self.queue_size:
+            retry = self.retry_after_s()
+            raise QueueFull(f"model {self.model_id} is overloaded: its queue holds {self._rows} of {self.queue_size} rows "
+                            f"(QUEUE_SIZE): retry after {retry} s, or spread the load over more replicas", retry)
+        now = time.monotonic()
+        if deadline <= now:
+            raise self._deadline_error()
+        loop = asyncio.get_running_loop()
+        items = [_Item(input_ids[s:s + self.max_batch_size], attention_mask[s:s + self.max_batch_size], deadline,
+                       loop.create_future()) for s in range(0, rows, self.max_batch_size)]
+        for item in items:
+            item.future.add_done_callback(lambda _f, item=item: self._dequeue(item))
+            self._pending.append(item)
+        self._rows += rows
+        self._report_depth()
+        self._wakeup.set()
+        futures = [item.future for item in items]
+        try:
+            _done, waiting = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        if waiting or any(f.cancelled() for f in futures):
+            for future in futures:
+                future.cancel()
+            for future in futures:  # retrieve what did finish, so no exception goes unobserved
+                if not future.cancelled():
+                    future.exception()
+            raise self._deadline_error()
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        results = [future.result() for future in futures]
+        if len(results) == 1:
+            return results[0]
+        return [np.concatenate([r[k] for r in results]) for k in range(len(results[0]))]
+
+    def retry_after_s(self) -> int:
+        batches_ahead = self._rows / self.max_batch_size + 1
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(batches_ahead * self._batch_s / self.workers))))
+
+    async def close(self) -> None:
+        """Refuse new requests and stop the loop (call once nothing is in flight)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in list(self._pending):
+            item.future.cancel()
+
+    # ---- the loop ----
+    def _deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"model {self.model_id} did not answer within the request deadline (REQUEST_TIMEOUT_MS="
+                                f"{self.timeout_ms:g}): the server is overloaded or the deadline is too short; retry later")
+
+    def _dequeue(self, item: _Item) -> None:
+        if item.queued:
+            item.queued = False
+            self._rows -= item.rows
+            self._report_depth()
+
+    def _report_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth(self.model_id, self._rows)
+
+    def _head(self) -> Optional[_Item]:
+        """The first live waiting item; dropped and expired ones are discarded on the way."""
+        now = time.monotonic()
+        while self._pending:
+            item = self._pending[0]
+            if not item.queued or item.future.done():
+                self._pending.popleft()
+                continue
+            if item.deadline <= now:  # expired while waiting: never run it
+                self._pending.popleft()
+                item.future.cancel()
+                if self.metrics is not None:
+                    self.metrics.expired(self.model_id)
+                continue
+            return item
+        return None
+
+    async def _loop(self) -> None:
+        while True:
+            while self._head() is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _collect(self) -> List[_Item]:
+        batch: List[_Item] = []
+        rows = 0
+        first_at: Optional[float] = None
+        while True:
+            item = self._head()
+            while item is not None and rows + item.rows <= self.max_batch_size:
+                self._pending.popleft()
+                self._dequeue(item)
+                batch.append(item)
+                rows += item.rows
+                if first_at is None:
+                    first_at = item.enqueued
+                item = self._head()
+            if rows >= self.max_batch_size or item is not None or first_at is None:
+                return batch
+            left = first_at + self.max_delay_s - time.monotonic()
+            if left <= 0:
+                return batch
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), left)
+
+    async def _execute(self, batch: List[_Item]) -> None:
+        try:
+            started = time.monotonic()
+            ids = batch[0].ids if len(batch) == 1 else np.concatenate([item.ids for item in batch])
+            mask = batch[0].mask if len(batch) == 1 else np.concatenate([item.mask for item in batch])
+            if self.metrics is not None:
+                for item in batch:
+                    self.metrics.queue_wait(self.model_id, started - item.enqueued)
+            try:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.forward, ids, mask)
+            except Exception as exc:
+                log.exception("inference failed for model %s (batch of %d rows)", self.model_id, ids.shape[0])
+                error = InferenceFailed(f"inference failed for model {self.model_id}: {exc}")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                return
+            elapsed = time.monotonic() - started
+            self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
+            if self.metrics is not None:
+                self.metrics.batch(self.model_id, int(ids.shape[0]), elapsed)
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result([out[offset:offset + item.rows] for out in outputs])
+                offset += item.rows
+        finally:
+            self._slots.release()
