@@ -76,6 +76,17 @@ def parse(cls: Type[T], data: Any, label: str) -> T:
         raise ContractError("\n".join(lines[:20]) + more) from None
 
 
+def parse_json(cls: Type[T], raw: bytes, label: str) -> T:
+    """A contract from JSON bytes (a store object, an HTTP body); errors name `label`."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{label}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"{label}: must be a JSON object, got {type(data).__name__}")
+    return parse(cls, data, label)
+
+
 def read_data(path: PathLike) -> Any:
     """YAML or JSON (by suffix) from a file, with a clear error when it cannot be read."""
     p = Path(path)

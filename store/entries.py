@@ -5,7 +5,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
-from contracts import ContractError, StoreEntry, parse
+from contracts import ContractError, StoreEntry, parse_json
 from store.base import Store
 from store.bundles import manifest_key
 from store.errors import NotFoundError, StoreError
@@ -48,13 +48,7 @@ def read_entry(store: Store, model_id: str, processor: str) -> StoreEntry | None
 
 def parse_entry(store: Store, key: str, raw: bytes) -> StoreEntry:
     label = store.describe(key)
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{label}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ContractError(f"{label}: must be a JSON object, got {type(data).__name__}")
-    entry = parse(StoreEntry, data, label)
+    entry = parse_json(StoreEntry, raw, label)
     expected = split_entry_key(key)
     if expected and (entry.model_id, entry.processor) != expected:
         raise ContractError(

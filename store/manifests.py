@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from contracts import ArtifactFile, BundleManifest, ContractError, parse, write_atomic
+from contracts import ArtifactFile, BundleManifest, ContractError, parse_json, write_atomic
 from store.errors import IntegrityError
 
 MANIFEST = "manifest.json"
@@ -55,13 +55,7 @@ def write_manifest(bundle_dir: Path, manifest: BundleManifest) -> Path:
 
 def parse_manifest(data: bytes, label: str) -> BundleManifest:
     """A BundleManifest from bytes; ContractError naming `label` when it is not one."""
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{label}: not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ContractError(f"{label}: must be a JSON object, got {type(obj).__name__}")
-    manifest = parse(BundleManifest, obj, label)
+    manifest = parse_json(BundleManifest, data, label)
     for name in manifest.files:
         if name == MANIFEST or not _safe_name(name):
             raise ContractError(
