@@ -128,7 +128,10 @@ def run_trace(args: argparse.Namespace) -> int:
                 console.print(f"[red]failed[/] {escape(job.label)}: {escape(str(exc))}", highlight=False)
             bar.advance(task)
     if not args.quiet:
-        Console().print(summary_table(results, failures))
+        out = Console()
+        if not out.is_terminal:  # piped or logged: keep the table's columns readable
+            out = Console(width=160)
+        out.print(summary_table(results, failures))
     published = sum(len(r.job.model_ids) for r in results)
     kept = sum(len(j.model_ids) for j in current)
     print(f"published {published} model entries ({len(results)} artifacts) for {args.processor} to {store.uri}"
