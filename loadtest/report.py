@@ -1,0 +1,267 @@
+"""The report: report.json (everything), report.md (the blog's table and the details) and latency_throughput.png.
+
+The blog's columns: models, sequential response range (min–max ms over `seq`), random response range
+(min–max over `rnd`), throughput (req/s: the best closed-loop step of `bmk`, else what `open` completed), P90
+under load (the open loop's pooled P90, else the P90 of the bmk step with the best throughput), $/h (the plan's
+cost_per_hour). Then the plan's predicted P90 per server against the P90 measured in the open loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from contracts import Plan, write_atomic, write_json_atomic
+from loadtest.stats import Curve, Sample, Summary, by_key, summarise
+
+BLOG_COLUMNS = ("models", "sequential response range", "random response range", "throughput", "P90 under load", "$/h")
+SERVER_COLUMNS = ("server", "models", "replicas (plan)", "planned req/s", "offered req/s", "requests", "errors",
+                  "predicted P90", "measured P90", "measured / predicted")
+DEFINITIONS = {
+    "percentile": "nearest rank over all successful requests of a measurement, pooled (the value at rank ceil(q*n) "
+                  "of the sorted latencies); never an average of per-client or per-window percentiles",
+    "latency": "from when the request was due (open loop: its scheduled Poisson arrival; otherwise when it was sent) "
+               "to the last byte of the response",
+    "throughput": "successful (2xx) requests / wall time of the measured window (its start to the last completion)",
+    "errors": "by HTTP status, or timeout / connect / protocol / unfinished without one",
+    "client_cpu_ms_per_request": "this process's CPU time during a mode / its requests: the load generator's own cost "
+                                 "per request (an upper bound: it includes the progress display)",
+}
+
+
+@dataclass
+class OpenLoopResult:
+    samples: List[Sample]
+    window: Tuple[float, float]
+    scale: Optional[float]  # offered / planned rates (None without planned rates)
+    duration_s: float
+    offered_rps: Dict[str, float]  # per model, this run
+    planned_rps: Dict[str, float]  # per model, the catalogue's (unscaled)
+
+
+@dataclass
+class Results:
+    """What the modes produced; None for a mode that did not run."""
+
+    models: int
+    servers: int
+    seq: Optional[List[Sample]] = None
+    rnd: Optional[List[Sample]] = None
+    bmk: Optional[Curve] = None
+    open: Optional[OpenLoopResult] = None
+    smoke: Optional[List[Sample]] = None
+    cpu_ms_per_request: Dict[str, float] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+
+def fmt_ms(value: Optional[float]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _scale(scale: Optional[float]) -> str:
+    return "--rate (no planned rates)" if scale is None else f"{scale:g} × the catalogue's rates"
+
+
+def server_rows(result: OpenLoopResult, plan: Optional[Plan]) -> List[Dict[str, Any]]:
+    """Per server: the open loop's pooled P90 of its requests against the plan's predicted P90."""
+    groups = by_key(result.samples, "server")
+    planned_servers = {s.id: s for s in plan.servers} if plan is not None else {}
+    server_ids = list(planned_servers) or list(groups)
+    server_ids += [s for s in groups if s not in server_ids]
+    rows = []
+    wall = max(0.0, result.window[1] - result.window[0])
+    for sid in server_ids:
+        samples = groups.get(sid, [])
+        summary = summarise(samples, result.window) if samples else None
+        server = planned_servers.get(sid)
+        models = list(server.models) if server else sorted({s.model for s in samples})
+        predicted = server.predicted.p90_ms if server else None
+        measured = summary.latency_ms.get("p90") if summary and summary.latency_ms else None
+        rows.append({
+            "server": sid, "models": len(models), "replicas": server.replicas if server else None,
+            "planned_rps": sum(result.planned_rps.get(m, 0.0) for m in models),
+            "offered_rps": sum(result.offered_rps.get(m, 0.0) for m in models),
+            "requests": summary.requests if summary else 0, "errors": summary.requests - summary.ok if summary else 0,
+            "predicted_p90_ms": predicted, "measured_p90_ms": measured,
+            "ratio": measured / predicted if measured is not None and predicted else None,
+            "throughput_rps": (summary.ok / wall if wall > 0 else 0.0) if summary else 0.0,
+            "latency_ms": summary.latency_ms if summary else {},
+        })
+    return rows
+
+
+def build(results: Results, plan: Optional[Plan], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The report as one JSON-able dict."""
+    seq = summarise(results.seq) if results.seq else None
+    rnd = summarise(results.rnd) if results.rnd else None
+    modes: Dict[str, Any] = {}
+    if results.seq is not None:
+        modes["seq"] = seq.to_dict() if seq else summarise([]).to_dict()
+    if results.rnd is not None:
+        modes["rnd"] = rnd.to_dict() if rnd else summarise([]).to_dict()
+    throughput: Optional[float] = None
+    throughput_source = None
+    p90_load: Optional[float] = None
+    p90_source = None
+    if results.bmk is not None:
+        modes["bmk"] = [{"concurrency": c, **s.to_dict()} for c, s in results.bmk.points]
+        best = results.bmk.best_throughput()
+        if best is not None and best[1].ok:
+            throughput, throughput_source = best[1].throughput_rps, f"bmk, best step (concurrency {best[0]})"
+            p90_load, p90_source = best[1].latency_ms.get("p90"), f"bmk, concurrency {best[0]}"
+    if results.open is not None:
+        o = results.open
+        summary = summarise(o.samples, o.window)
+        modes["open"] = {"scale": o.scale, "duration_s": o.duration_s, "offered_rps": sum(o.offered_rps.values()),
+                         **summary.to_dict(), "servers": server_rows(o, plan)}
+        if summary.ok:
+            p90_load, p90_source = summary.latency_ms.get("p90"), f"open loop at {_scale(o.scale)}"
+            if throughput is None:
+                throughput, throughput_source = summary.throughput_rps, "open loop (offered load, not capacity)"
+    if results.smoke is not None:
+        modes["smoke"] = [{"server": s.server, "model": s.model, "outcome": s.outcome, "ok": s.ok,
+                           "latency_ms": s.latency_ms} for s in results.smoke]
+    summary_row = {
+        "models": results.models, "servers": results.servers,
+        "sequential_ms": _range(seq), "random_ms": _range(rnd),
+        "throughput_rps": throughput, "throughput_source": throughput_source,
+        "p90_under_load_ms": p90_load, "p90_source": p90_source,
+        "cost_per_hour": plan.cost_per_hour if plan is not None else None,
+    }
+    return {"schema": 1, **meta, "definitions": DEFINITIONS, "summary": summary_row, "modes": modes,
+            "client": {"kind": "asyncio HTTP/1.1 with keep-alive pools (standard library)",
+                       "cpu_ms_per_request": dict(results.cpu_ms_per_request)},
+            "notes": list(results.notes)}
+
+
+def _range(summary: Optional[Summary]) -> Optional[Dict[str, float]]:
+    if summary is None or not summary.latency_ms:
+        return None
+    return {"min": summary.latency_ms["min"], "max": summary.latency_ms["max"]}
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = ["# Load test report", ""]
+    lines.append(f"Targets: `{report.get('routes', '?')}` ({s['servers']} server{'' if s['servers'] == 1 else 's'}), "
+                 f"{'through ' + report['base_url'] if report.get('base_url') else 'direct to each server'}; "
+                 f"{report.get('created_at', '')}.")
+    lines += ["", "| " + " | ".join(BLOG_COLUMNS) + " |", "|" + " --- |" * len(BLOG_COLUMNS)]
+    seq, rnd = s["sequential_ms"], s["random_ms"]
+    lines.append("| " + " | ".join([
+        str(s["models"]),
+        f"{seq['min']:.1f}–{seq['max']:.1f} ms" if seq else "–",
+        f"{rnd['min']:.1f}–{rnd['max']:.1f} ms" if rnd else "–",
+        f"{s['throughput_rps']:.1f} req/s" if s["throughput_rps"] is not None else "–",
+        fmt_ms(s["p90_under_load_ms"]),
+        f"${s['cost_per_hour']:.2f}" if s["cost_per_hour"] is not None else "– (no --plan)",
+    ]) + " |")
+    lines.append("")
+    if s["throughput_source"]:
+        lines.append(f"Throughput: {s['throughput_source']}. ")
+    if s["p90_source"]:
+        lines.append(f"P90 under load: {s['p90_source']}.")
+    modes = report["modes"]
+    if "open" in modes:
+        o = modes["open"]
+        lines += ["", f"## Predicted vs measured P90 per server (open loop at {_scale(o['scale'])}, "
+                      f"{o['duration_s']:g} s, {o['offered_rps']:.2f} req/s offered)", "",
+                  "| " + " | ".join(SERVER_COLUMNS) + " |", "|" + " --- |" * len(SERVER_COLUMNS)]
+        for r in o["servers"]:
+            lines.append("| " + " | ".join([
+                r["server"], str(r["models"]), "–" if r["replicas"] is None else str(r["replicas"]),
+                f"{r['planned_rps']:.2f}", f"{r['offered_rps']:.2f}", str(r["requests"]), str(r["errors"]),
+                fmt_ms(r["predicted_p90_ms"]), fmt_ms(r["measured_p90_ms"]),
+                f"{r['ratio']:.2f}" if r["ratio"] is not None else "–"]) + " |")
+        lines += ["", "The plan predicts each pod's P90 at the planned rates with the server's traffic shared by its "
+                      "replicas; compare at scale 1 against the deployed cluster. A local run has one process per "
+                      "server on shared cores, so it checks the machinery rather than the prediction."]
+    if "bmk" in modes:
+        lines += ["", "## Latency–throughput (closed loop)", "", "| concurrency | requests | errors | throughput | P50 | P90 | P95 | P99 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for p in modes["bmk"]:
+            lat = p["latency_ms"]
+            lines.append(f"| {p['concurrency']} | {p['requests']} | {p['requests'] - p['ok']} | {p['throughput_rps']:.1f} req/s | "
+                         f"{fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p90'))} | {fmt_ms(lat.get('p95'))} | {fmt_ms(lat.get('p99'))} |")
+        if report.get("plot"):
+            lines += ["", f"![latency–throughput]({report['plot']})"]
+    head = ("mode", "requests", "ok", "errors by outcome", "throughput", "min", "P50", "P90", "P95", "P99", "max", "client CPU / request")
+    lines += ["", "## Every mode", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cpu = report["client"]["cpu_ms_per_request"]
+    rows: List[Tuple[str, Dict[str, Any]]] = [(m, modes[m]) for m in ("seq", "rnd", "open") if m in modes]
+    rows += [(f"bmk c={p['concurrency']}", p) for p in modes.get("bmk", [])]
+    for name, m in rows:
+        lat = m["latency_ms"]
+        errors = ", ".join(f"{k}: {v}" for k, v in m["errors"].items()) or "none"
+        key = name.split(" ")[0]
+        lines.append(f"| {name} | {m['requests']} | {m['ok']} | {errors} | {m['throughput_rps']:.1f} req/s | {fmt_ms(lat.get('min'))} | "
+                     f"{fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p90'))} | {fmt_ms(lat.get('p95'))} | {fmt_ms(lat.get('p99'))} | "
+                     f"{fmt_ms(lat.get('max'))} | {fmt_ms(cpu.get(key))} |")
+    if "smoke" in modes:
+        lines += ["", "## Smoke (one request per server)", "", "| server | model | outcome | latency |", "| --- | --- | --- | --- |"]
+        for r in modes["smoke"]:
+            lines.append(f"| {r['server']} | {r['model']} | {'ok ' if r['ok'] else 'FAILED '}{r['outcome']} | {fmt_ms(r['latency_ms'])} |")
+    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Dict[str, Any], path: Path) -> Optional[Path]:
+    """Latency (P50, P90, P99) against throughput for each bmk step, and the open loop's point; None when neither ran."""
+    modes = report["modes"]
+    points = [p for p in modes.get("bmk", []) if p["ok"]]
+    open_mode = modes.get("open") if modes.get("open", {}).get("ok") else None
+    if not points and open_mode is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        if points:
+            x = [p["throughput_rps"] for p in points]
+            for name, style in (("p50", "o-"), ("p90", "s-"), ("p99", "^--")):
+                ax.plot(x, [p["latency_ms"][name] for p in points], style, label=f"closed loop {name.upper()}")
+            for p in points:
+                ax.annotate(f"c={p['concurrency']}", (p["throughput_rps"], p["latency_ms"]["p90"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        if open_mode is not None:
+            ax.plot([open_mode["throughput_rps"]], [open_mode["latency_ms"]["p90"]], "r*", markersize=12,
+                    label=f"open loop P90 ({_scale(open_mode['scale'])})")
+        ax.set_xlabel("throughput (successful req/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"Latency–throughput: {report['summary']['models']} models on {report['summary']['servers']} servers")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write(report: Dict[str, Any], out: Path) -> Dict[str, Path]:
+    """report.json, report.md and (when bmk or open ran) latency_throughput.png under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot(report, out / "latency_throughput.png")
+    report = dict(report, plot=png.name if png else None)
+    paths = {"json": write_json_atomic(out / "report.json", report), "md": write_atomic(out / "report.md", markdown(report))}
+    if png:
+        paths["png"] = png
+    return paths
+
+
+def to_json(report: Dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
