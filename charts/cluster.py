@@ -1,0 +1,85 @@
+"""Cluster-wide objects, small enough to go inline (add_cdk8s_chart): namespace, ServiceAccount (IRSA),
+NetworkPolicy, GatewayClass, EnvoyProxy (the NLB) and Gateway."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdk8s_plus_36 import k8s
+from constructs import Construct
+
+from charts import constants as c
+from charts import gateway_api as gw
+
+
+@dataclass(frozen=True)
+class ClusterWideProps:
+    namespace: str
+    role_arn: str  # may be a CDK token when the stacks build this construct inline
+    monitoring_namespace: str
+    gateway_name: str
+    gateway_class_name: str
+    envoy_proxy_name: str
+    gateway_host: str
+    gateway_port: int = 80
+    internal: bool = True
+
+
+def nlb_annotations(internal: bool) -> dict:
+    """The AWS Load Balancer Controller's annotations for Envoy's Service: an NLB with IP targets."""
+    return {
+        "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+        "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal" if internal else "internet-facing",
+        "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+    }
+
+
+class ClusterWide(Construct):
+    def __init__(self, scope: Construct, id: str, props: ClusterWideProps) -> None:
+        super().__init__(scope, id)
+        ns = props.namespace
+        part_of = {c.PART_OF_LABEL: c.PART_OF}
+        self.namespace = k8s.KubeNamespace(self, "namespace", metadata=k8s.ObjectMeta(name=ns, labels={
+            **part_of,
+            # The pods meet the restricted Pod Security Standard; the namespace enforces it.
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }))
+        # The only ServiceAccount: every server pod runs as it and assumes the role to read the store.
+        self.service_account = k8s.KubeServiceAccount(
+            self, "service-account", automount_service_account_token=False,
+            metadata=k8s.ObjectMeta(name=c.SERVICE_ACCOUNT, namespace=ns, labels=part_of,
+                                    annotations={"eks.amazonaws.com/role-arn": props.role_arn}))
+
+        def from_namespace(name: str) -> k8s.NetworkPolicyPeer:
+            return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(
+                match_labels={"kubernetes.io/metadata.name": name}))
+
+        # Ingress to the servers only from Envoy's proxies, this namespace and the monitoring namespace
+        # (enforced once the VPC CNI's network policy support is on, which the stacks do). Egress stays
+        # open: the pods read the store (S3) and resolve names.
+        self.network_policy = k8s.KubeNetworkPolicy(
+            self, "network-policy", metadata=k8s.ObjectMeta(name="modelfleet-servers", namespace=ns, labels=part_of),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels={c.NAME_LABEL: c.NAME}),
+                policy_types=["Ingress"],
+                ingress=[k8s.NetworkPolicyIngressRule(
+                    from_=[from_namespace(c.ENVOY_GATEWAY_NAMESPACE), from_namespace(ns), from_namespace(props.monitoring_namespace)],
+                    ports=[k8s.NetworkPolicyPort(port=k8s.IntOrString.from_number(c.PORT), protocol="TCP")])]))
+
+        self.envoy_proxy = gw.EnvoyProxy(
+            self, "envoy-proxy", metadata={"name": props.envoy_proxy_name, "namespace": c.ENVOY_GATEWAY_NAMESPACE, "labels": part_of},
+            spec=gw.EnvoyProxySpec(provider=gw.EnvoyProxyProvider(kubernetes=gw.EnvoyProxyKubernetesProvider(
+                envoy_service=gw.EnvoyServiceSpec(type="LoadBalancer", annotations=nlb_annotations(props.internal))))))
+        self.gateway_class = gw.GatewayClass(
+            self, "gateway-class", metadata={"name": props.gateway_class_name, "labels": part_of},
+            spec=gw.GatewayClassSpec(
+                controller_name=c.ENVOY_GATEWAY_CONTROLLER,
+                description="modelfleet: Envoy Gateway behind an NLB",
+                parameters_ref=gw.ParametersReference(group="gateway.envoyproxy.io", kind="EnvoyProxy",
+                                                      name=props.envoy_proxy_name, namespace=c.ENVOY_GATEWAY_NAMESPACE)))
+        self.gateway = gw.Gateway(
+            self, "gateway", metadata={"name": props.gateway_name, "namespace": ns, "labels": part_of},
+            spec=gw.GatewaySpec(gateway_class_name=props.gateway_class_name, listeners=[gw.Listener(
+                name="http", protocol="HTTP", port=props.gateway_port, hostname=props.gateway_host,
+                allowed_routes=gw.AllowedRoutes(namespaces=gw.RouteNamespaces(from_="Same")))]))

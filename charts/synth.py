@@ -1,0 +1,300 @@
+"""`charts synth`: plan + environment config -> dist/ (rendered manifests, Helm chart shards, routes.json).
+
+Objects are built once through cdk8s with placeholders where Helm values go (image, tag, store URI,
+role ARN); rendering then puts in either the config's values (dist/manifests/) or `{{ .Values.* }}`
+(dist/helm/). Everything is written into a temporary folder beside --out and swapped into place.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import cdk8s
+
+from charts import constants as c
+from charts import naming, yamltext
+from charts.cluster import ClusterWide, ClusterWideProps
+from charts.config import EnvConfig
+from charts.routes import routes_document
+from charts.server import ModelServer, ModelServerProps, StartupBudget
+from charts.validation import check_plan
+from contracts import ContractError, InstanceCatalogue, Plan, Server, load
+
+
+def _no_type_check(**_kwargs: Any) -> None:
+    """Stands in for jsii's typeguard check when the command turns the checks off."""
+
+
+MARKER = ".modelfleet-charts"  # an --out folder without it is never replaced
+SERVERS_PER_APP = 25  # cdk8s validates the whole App on every Chart.toJson(): keep Apps small
+_SENTINEL = re.compile(r"@@([A-Za-z0-9_.]+)@@")
+
+
+def placeholder(path: str) -> str:
+    return f"@@{path}@@"
+
+
+def helm_values(config: EnvConfig) -> Dict[str, Any]:
+    """The values tree the templates read; values.yaml holds the config's, the stacks pass the real ones."""
+    return {
+        "images": {p: {"repository": i.repository, "tag": i.tag} for p, i in sorted(config.images.items())},
+        "storeUri": config.store_uri,
+        "roleArn": config.irsa.role_arn,
+    }
+
+
+_EXPR = re.compile(r"\{\{ \.Values\.([A-Za-z0-9_.]+) \}\}")
+
+
+def _lookup(values: Dict[str, Any], path: str) -> str:
+    node: Any = values
+    for part in path.split("."):
+        node = node[part]
+    return str(node)
+
+
+def substitute(obj: Any, fn: Callable[[str], Any]) -> Any:
+    if isinstance(obj, dict):
+        return {k: substitute(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [substitute(v, fn) for v in obj]
+    if isinstance(obj, str) and "@@" in obj:
+        return fn(obj)
+    return obj
+
+
+def templated(objs: Sequence[dict]) -> List[dict]:
+    """Placeholders -> `{{ .Values.x }}`. yamltext writes such strings double-quoted, so a value renders to a
+    YAML string whatever it looks like (a tag "1.0" stays a string)."""
+    return [substitute(o, lambda s: _SENTINEL.sub(lambda m: "{{ .Values." + m.group(1) + " }}", s)) for o in objs]
+
+
+def render_text(template: str, values: Dict[str, Any]) -> str:
+    """What Helm makes of a template here: each `{{ .Values.x }}` replaced by its value (the config forbids
+    quotes, backslashes and braces in these values, so they stay inside their double quotes)."""
+    return _EXPR.sub(lambda m: _lookup(values, m.group(1)), template)
+
+
+def release_size_estimate(templates: Dict[str, str], manifest: str, values: Dict[str, Any]) -> int:
+    """Bytes of the Secret Helm stores a release in: base64(gzip(JSON of chart templates (base64), values and
+    the rendered manifest)). The limit is 1 MiB."""
+    record = {"chart": {"templates": [{"name": n, "data": base64.b64encode(t.encode()).decode()} for n, t in templates.items()],
+                        "values": values},
+              "config": values, "manifest": manifest}
+    return len(base64.b64encode(gzip.compress(json.dumps(record).encode(), compresslevel=9)))
+
+
+@dataclass
+class SynthResult:
+    servers: int
+    models: int
+    objects: int
+    shards: List[Dict[str, Any]] = field(default_factory=list)
+    largest_object_bytes: int = 0
+    largest_object: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> Dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def load_inputs(plan_path: Path, config_path: Path, instances_path: Path):
+    plan = load(Plan, plan_path)
+    config = load(EnvConfig, config_path)
+    instances = load(InstanceCatalogue, instances_path)
+    check_plan(plan, instances, config, label=Path(plan_path).name)
+    return plan, config, instances
+
+
+def build_cluster(config: EnvConfig) -> List[dict]:
+    app = cdk8s.App()
+    chart = cdk8s.Chart(app, "cluster", disable_resource_name_hashes=True)
+    g = config.gateway
+    ClusterWide(chart, "cluster", ClusterWideProps(
+        namespace=config.namespace, role_arn=placeholder("roleArn"), monitoring_namespace=config.monitoring_namespace,
+        gateway_name=g.name, gateway_class_name=g.class_name, envoy_proxy_name=g.envoy_proxy_name,
+        gateway_host=g.host, gateway_port=g.port, internal=g.internal))
+    return chart.to_json()
+
+
+def build_servers(plan: Plan, config: EnvConfig) -> Dict[str, List[dict]]:
+    """Each server's objects (with placeholders), in plan order."""
+    st = config.startup
+    startup = StartupBudget(base_seconds=st.base_seconds, seconds_per_model=st.seconds_per_model,
+                            load_mib_per_second=st.load_mib_per_second, period_seconds=st.period_seconds)
+    out: Dict[str, List[dict]] = {s.id: [] for s in plan.servers}
+    for start in range(0, len(plan.servers), SERVERS_PER_APP):
+        app = cdk8s.App()
+        chart = cdk8s.Chart(app, "servers", disable_resource_name_hashes=True)
+        for s in plan.servers[start:start + SERVERS_PER_APP]:
+            image = f"{placeholder(f'images.{s.processor}.repository')}:{placeholder(f'images.{s.processor}.tag')}"
+            ModelServer(chart, s.id, ModelServerProps(
+                server=s, namespace=config.namespace, image=image, store_uri=placeholder("storeUri"),
+                gateway_name=config.gateway.name, gateway_host=config.gateway.host,
+                hpa_max=config.replicas.hpa_max, cpu_target_percent=config.replicas.cpu_target_percent, startup=startup))
+        for obj in chart.to_json():
+            out[obj["metadata"]["labels"][c.SERVER_LABEL]].append(obj)
+    return out
+
+
+def _build_slice(servers: List[Dict[str, Any]], config: Dict[str, Any], type_checks: bool) -> Dict[str, List[dict]]:
+    """A worker process's share (spawned: a fresh Python and its own Node)."""
+    if not type_checks:
+        from charts.cli import skip_jsii_type_checks
+
+        skip_jsii_type_checks(force=True)
+    plan = Plan.model_construct(servers=[Server.model_validate(x) for x in servers])
+    return build_servers(plan, EnvConfig.model_validate(config))
+
+
+def build_servers_parallel(plan: Plan, config: EnvConfig, jobs: int) -> Dict[str, List[dict]]:
+    """The same as build_servers, in `jobs` processes (each Node kernel runs single-threaded)."""
+    if jobs <= 1 or len(plan.servers) < 4 * SERVERS_PER_APP:
+        return build_servers(plan, config)
+    from jsii import _type_checking
+
+    type_checks = getattr(_type_checking, "_resolved_check", None) is not _no_type_check
+    servers = [s.model_dump(mode="json") for s in plan.servers]
+    step = -(-len(servers) // jobs)
+    out: Dict[str, List[dict]] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_build_slice, servers[i:i + step], config.model_dump(mode="json"), type_checks)
+                   for i in range(0, len(servers), step)]
+        for f in futures:
+            out.update(f.result())
+    return out
+
+
+def _chart_yaml(name: str, description: str, plan_digest: str) -> str:
+    return yamltext.dump({
+        "apiVersion": "v2", "name": f"modelfleet-{name}", "description": description, "type": "application",
+        "version": "1.0.0", "appVersion": plan_digest[:12],
+        "annotations": {"modelfleet.io/plan-sha256": plan_digest},
+    })
+
+
+def _values_yaml(values: Dict[str, Any]) -> str:
+    head = ("# The config's values; the stacks pass the real ones (CDK tokens cannot reach inside asset files).\n")
+    return head + yamltext.dump(values)
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+
+
+def write_dist(root: Path, plan: Plan, plan_digest: str, config: EnvConfig, cluster: List[dict],
+               servers: Dict[str, List[dict]], budget: int = c.SHARD_TEMPLATE_BUDGET_BYTES) -> SynthResult:
+    values = helm_values(config)
+    result = SynthResult(servers=len(plan.servers), models=sum(len(s.models) for s in plan.servers), objects=0)
+
+    def note(objs: Sequence[dict]) -> None:
+        result.objects += len(objs)
+        for o in objs:
+            size = len(json.dumps(o))
+            if size > result.largest_object_bytes:
+                result.largest_object_bytes, result.largest_object = size, f"{o['kind']}/{o['metadata']['name']}"
+
+    # Cluster-wide: the EnvoyProxy goes apart (Envoy Gateway's own API, in its namespace; no schema for it here).
+    note(cluster)
+    core = yamltext.dump_all(templated([o for o in cluster if o["kind"] != "EnvoyProxy"]))
+    envoy = yamltext.dump_all(templated([o for o in cluster if o["kind"] == "EnvoyProxy"]))
+    _write(root, "manifests/00-cluster.yaml", render_text(core, values))
+    _write(root, "envoy-gateway/envoyproxy.yaml", render_text(envoy, values))
+    _write(root, "helm/cluster/Chart.yaml", _chart_yaml("cluster", "modelfleet cluster-wide objects", plan_digest))
+    _write(root, "helm/cluster/values.yaml", _values_yaml({"roleArn": values["roleArn"]}))
+    _write(root, "helm/cluster/templates/cluster.yaml", core)
+    _write(root, "helm/cluster/templates/envoyproxy.yaml", envoy)
+
+    # Per server: one rendered file for review, one template in its Helm shard.
+    texts: Dict[str, str] = {}
+    manifests: Dict[str, str] = {}
+    for sid, objs in servers.items():
+        note(objs)
+        texts[sid] = yamltext.dump_all(templated(objs))
+        manifests[sid] = render_text(texts[sid], values)
+        _write(root, f"manifests/servers/{sid}.yaml", manifests[sid])
+    shard_values = {"images": values["images"], "storeUri": values["storeUri"]}
+    order = sorted(texts)
+    for i, members in enumerate(naming.shard([(sid, len(texts[sid].encode())) for sid in order], budget)):
+        name = naming.shard_name(i)
+        templates = {f"templates/{sid}.yaml": texts[sid] for sid in members}
+        _write(root, f"helm/{name}/Chart.yaml",
+               _chart_yaml(name, f"modelfleet model servers {members[0]} .. {members[-1]}", plan_digest))
+        _write(root, f"helm/{name}/values.yaml", _values_yaml(shard_values))
+        for rel, text in templates.items():
+            _write(root, f"helm/{name}/{rel}", text)
+        manifest = "---\n".join(manifests[sid] for sid in members)
+        result.shards.append({
+            "name": name, "servers": members, "template_bytes": sum(len(t.encode()) for t in templates.values()),
+            "release_secret_bytes_estimate": release_size_estimate(templates, manifest, shard_values)})
+
+    routes = routes_document(plan, config.namespace, f"http://{config.gateway.host}"
+                             + ("" if config.gateway.port == 80 else f":{config.gateway.port}"))
+    _write(root, "routes.json", json.dumps(routes, indent=1) + "\n")
+    return result
+
+
+def check_out(out: Path) -> None:
+    """An existing --out must be a folder this command wrote (or an empty one): it is replaced whole."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ContractError(f"--out {out}: exists and is not a folder")
+    if any(out.iterdir()) and not (out / MARKER).exists():
+        raise ContractError(f"--out {out}: not empty and not written by charts synth (no {MARKER}); "
+                            "refusing to replace it: pick an empty or new folder")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` with renames."""
+    check_out(out)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "dist")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def synth(plan_path: Path, config_path: Path, out: Path, instances_path: Path = Path("config/instances.yaml"),
+          budget: int = c.SHARD_TEMPLATE_BUDGET_BYTES, progress: Optional[Callable[[str], None]] = None,
+          jobs: int = 1) -> SynthResult:
+    """Validate, build and write dist/ atomically. Raises ContractError (nothing written) on a bad input."""
+    t0 = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    plan, config, _ = load_inputs(plan_path, config_path, instances_path)
+    out = Path(out).resolve()
+    check_out(out)
+    digest = hashlib.sha256(Path(plan_path).read_bytes()).hexdigest()
+    say(f"{len(plan.servers)} servers: building")
+    cluster = build_cluster(config)
+    servers = build_servers_parallel(plan, config, jobs)
+    say("writing")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        result = write_dist(tmp, plan, digest, config, cluster, servers, budget)
+        result.seconds = round(time.perf_counter() - t0, 3)
+        (tmp / "summary.json").write_text(json.dumps(
+            {"plan_sha256": digest, "environment": config.environment, **result.to_json()}, indent=1) + "\n")
+        (tmp / MARKER).write_text("written by `python -m charts synth`; the whole folder is replaced on the next run\n")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

@@ -1,0 +1,83 @@
+"""A small, fast block-YAML writer for JSON-shaped data (dicts, lists, str, int, float, bool, None).
+
+PyYAML's representer is pure Python and took most of synth's writing time; this writes the same data
+in a few string operations. A string is written plain only when it cannot be read back as anything
+else (a conservative pattern, YAML 1.1's booleans and nulls excluded); otherwise it is a JSON string,
+which is a valid YAML double-quoted scalar. The tests read every file back and compare.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable, List
+
+_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_RESERVED = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+# Characters a YAML reader refuses raw, or reads as a line break (NEL, LS, PS), or drops (BOM): escaped.
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+
+
+def _quoted(value: str) -> str:
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+
+
+def scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return json.dumps(value)
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value) and value.lower() not in _RESERVED:
+            return value
+        return _quoted(value)
+    raise TypeError(f"cannot write {type(value).__name__} as YAML")
+
+
+def _map(d: dict, ind: str, out: List[str], first: str = "") -> None:
+    """`first` replaces the indentation of the first line (a list item's '- ')."""
+    for i, (k, v) in enumerate(d.items()):
+        lead = first if (i == 0 and first) else ind
+        key = scalar(k)
+        if isinstance(v, dict) and v:
+            out.append(f"{lead}{key}:")
+            _map(v, ind + "  ", out)
+        elif isinstance(v, list) and v:
+            out.append(f"{lead}{key}:")
+            _list(v, ind, out)
+        else:
+            out.append(f"{lead}{key}: {_leaf(v)}")
+
+
+def _list(items: list, ind: str, out: List[str]) -> None:
+    for v in items:
+        if isinstance(v, dict) and v:
+            _map(v, ind + "  ", out, first=ind + "- ")
+        elif isinstance(v, list) and v:
+            out.append(f"{ind}-")
+            _list(v, ind + "  ", out)
+        else:
+            out.append(f"{ind}- {_leaf(v)}")
+
+
+def _leaf(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, list):
+        return "[]"
+    return scalar(v)
+
+
+def dump(obj: dict) -> str:
+    out: List[str] = []
+    _map(obj, "", out)
+    return "\n".join(out) + "\n"
+
+
+def dump_all(objs: Iterable[dict]) -> str:
+    return "---\n".join(dump(o) for o in objs)
