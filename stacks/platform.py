@@ -1,0 +1,169 @@
+"""The stacks of one environment (`modelfleet-<env>-<part>`) and the shared stack (`modelfleet-shared`).
+
+Parts, deployed in this order: `network` (VPC, endpoints), `data` (artifact bucket), `cluster` (EKS,
+node groups from the plan, add-ons), `serving` (IRSA role, cluster-wide objects, server releases,
+gateway address), `smoke` (the smoke test Job and its result).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from aws_cdk import Environment, Stack, Stage, Tags
+from constructs import Construct
+
+from contracts.models import Plan
+from stacks import defaults
+from stacks.addons import AddOns
+from stacks.artifacts import ArtifactStore
+from stacks.cluster import FleetCluster
+from stacks.network import Network
+from stacks.registry import ImageRegistry, image_uri
+from stacks.serving import GatewayAddress, ServerReleases, ServingRole, envoy_proxy_for
+from stacks.settings import EnvSettings
+from stacks.sizing import plan_node_groups
+from stacks.smoke import SmokeTest
+
+
+@dataclass(frozen=True)
+class Registry:
+    account: str
+    region: str
+
+    def uri(self, repository: str) -> str:
+        return image_uri(self.account, self.region, repository)
+
+
+@dataclass
+class PlatformStacks:
+    network: Stack
+    data: Stack
+    cluster: Stack
+    serving: Stack
+    smoke: Optional[Stack]
+    fleet: FleetCluster
+    smoke_test: Optional[SmokeTest]
+    gateway: GatewayAddress
+
+    @property
+    def all(self) -> List[Stack]:
+        return [s for s in (self.network, self.data, self.cluster, self.serving, self.smoke) if s is not None]
+
+
+def helm_values(settings: EnvSettings, registry: Registry, *, bucket_name: str, role_arn: str,
+                tag: Optional[str]) -> Dict[str, Any]:
+    """The values the charts' templates read (charts.synth.helm_values), with the real values."""
+    return {
+        "images": {p: {"repository": registry.uri(settings.repositories[p]), "tag": settings.tag_for(p, tag)}
+                   for p in sorted(settings.repositories)},
+        "storeUri": f"s3://{bucket_name}/{settings.store_prefix}",
+        "roleArn": role_arn,
+    }
+
+
+def _stack(scope: Construct, cid: str, name: str, settings: EnvSettings, description: str) -> Stack:
+    stack = Stack(scope, cid, stack_name=name, description=description,
+                  env=Environment(account=settings.account, region=settings.region),
+                  termination_protection=settings.env == "prod")
+    Tags.of(stack).add("modelfleet:environment", settings.env)
+    return stack
+
+
+def build_platform(scope: Construct, settings: EnvSettings, plan: Plan, *, dist: Path, cluster_objects: Sequence[dict],
+                   gateway_host: str,
+                   registry: Registry, tag: Optional[str], top_level: bool) -> PlatformStacks:
+    """The environment's stacks under `scope` (the App, or a pipeline Stage when `top_level` is False)."""
+    p = settings.prefix()
+
+    def cid(part: str) -> str:
+        return f"{p}-{part}" if top_level else part
+
+    cluster_name = p
+    network = _stack(scope, cid("network"), f"{p}-network", settings, f"modelfleet {settings.env}: VPC and endpoints")
+    net = Network(network, "Network", cidr=settings.vpc_cidr, max_azs=settings.max_azs,
+                  nat_gateways=settings.nat_gateways, log_retention_days=settings.log_retention_days,
+                  cluster_name=cluster_name)
+
+    data = _stack(scope, cid("data"), f"{p}-data", settings, f"modelfleet {settings.env}: artifact store")
+    bucket_name = settings.bucket_name or f"{p}-{settings.account}"
+    store = ArtifactStore(data, "Artifacts", bucket_name=bucket_name, retain=True)
+
+    specs = plan_node_groups(plan, burst_factor=settings.burst_factor,
+                             allowed_families=settings.allowed_instance_families, label=str(settings.plan_path))
+    cluster_stack = _stack(scope, cid("cluster"), f"{p}-cluster", settings,
+                           f"modelfleet {settings.env}: EKS {defaults.KUBERNETES_VERSION}, node groups, add-ons")
+    fleet = FleetCluster(cluster_stack, "Fleet", vpc=net.vpc, cluster_name=cluster_name,
+                         endpoint_cidrs=settings.endpoint_cidrs, system_instance_type=settings.system_instance_type,
+                         system_nodes=settings.system_nodes, system_max_nodes=settings.system_max_nodes,
+                         node_groups=specs, retain_key=True)
+    addons = AddOns(cluster_stack, "AddOns", cluster=fleet.cluster, cluster_name=cluster_name,
+                    system_group=fleet.system_group, node_groups=specs)
+
+    serving = _stack(scope, cid("serving"), f"{p}-serving", settings,
+                     f"modelfleet {settings.env}: server role, cluster-wide objects, {len(plan.servers)} servers")
+    role = ServingRole(serving, "ServingRole", cluster=fleet.cluster, role_name=settings.serving_role_name,
+                       namespace=settings.namespace, service_account=settings.service_account,
+                       bucket_name=bucket_name, key=store.key, prefix=settings.store_prefix)
+    values = helm_values(settings, registry, bucket_name=bucket_name, role_arn=role.role.role_arn,
+                         tag=tag)
+    real = list(cluster_objects)
+    envoy_proxy = [o for o in real if o.get("kind") == "EnvoyProxy"]
+    # After the add-ons: the Gateway API CRDs come with the Envoy Gateway chart.
+    cluster_wide = _manifest(serving, "ClusterWide", fleet, [o for o in real if o.get("kind") != "EnvoyProxy"],
+                             after=list(addons.charts.values()))
+    proxy = _manifest(serving, "EnvoyProxy", fleet, envoy_proxy_for(
+        envoy_proxy, internet_facing=settings.internet_facing, certificate_arn=settings.certificate_arn,
+        source_cidrs=settings.source_cidrs, tls_port=settings.gateway_port), after=[addons.charts["envoy-gateway"]])
+    releases = ServerReleases(serving, "Servers", cluster=fleet.cluster, namespace=settings.namespace, dist=dist,
+                              values=values, after=[cluster_wide, proxy, role])
+    gateway = GatewayAddress(serving, "Gateway", cluster=fleet.cluster, name=settings.gateway_name,
+                             namespace=settings.namespace, export_name=f"{p}-gateway-address",
+                             after=[cluster_wide, proxy])
+
+    smoke_stack, smoke = None, None
+    if settings.smoke_test:
+        smoke_stack = _stack(scope, cid("smoke"), f"{p}-smoke", settings, f"modelfleet {settings.env}: smoke test")
+        image = settings.smoke_image or f"{values['images']['cpu']['repository']}:{values['images']['cpu']['tag']}"
+        routes = json.loads((dist / "routes.json").read_text())
+        smoke = SmokeTest(smoke_stack, "Smoke", cluster=fleet.cluster, namespace=settings.namespace, image=image,
+                          gateway_address=gateway.value.value, gateway_host=gateway_host,
+                          gateway_port=settings.gateway_port, routes=routes,
+                          release=digest([values["images"], tag or ""]), timeout_minutes=settings.smoke_timeout_minutes)
+        for release in releases.releases.values():
+            smoke.node.add_dependency(release)
+    return PlatformStacks(network=network, data=data, cluster=cluster_stack, serving=serving, smoke=smoke_stack,
+                          fleet=fleet, smoke_test=smoke, gateway=gateway)
+
+
+def _manifest(stack: Stack, id: str, fleet: FleetCluster, objs: Sequence[dict], after: Sequence[Construct] = ()):
+    from aws_cdk import aws_eks_v2 as eks
+
+    m = eks.KubernetesManifest(stack, id, cluster=fleet.cluster, manifest=list(objs))
+    for dep in after:
+        m.node.add_dependency(dep)
+    return m
+
+
+def build_shared(scope: Construct, *, registry: Registry, repositories: Mapping[str, str],
+                 pull_accounts: Sequence[str]) -> Stack:
+    stack = Stack(scope, "modelfleet-shared", stack_name="modelfleet-shared",
+                  description="modelfleet: ECR repositories of the server images (pipeline account)",
+                  env=Environment(account=registry.account, region=registry.region))
+    ImageRegistry(stack, "Registry", names=dict(repositories), pull_accounts=pull_accounts,
+                  keep_images=defaults.ECR_KEEP_IMAGES, retain=True)
+    return stack
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+class PlatformStage(Stage):
+    """One environment as a CDK Pipelines stage (stack names stay `modelfleet-<env>-<part>`)."""
+
+    def __init__(self, scope: Construct, id: str, *, settings: EnvSettings, build: Any) -> None:
+        super().__init__(scope, id, env=Environment(account=settings.account, region=settings.region))
+        self.platform: PlatformStacks = build(self, settings, top_level=False)
