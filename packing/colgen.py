@@ -357,8 +357,12 @@ class ColumnGeneration:
         re-solve the LP (with a few pricing rounds) for the models left, and repeat; when the LP
         has no whole server, round up its largest column (a dive). What the deadline leaves is
         packed greedily. The bound is not touched: it was proven on the full problem."""
-        chosen: Dict[int, int] = {self.index_of(self.hot_pattern(int(i), int(self.hot_shape[i]))): 1
-                                  for i in np.flatnonzero(self.pure_hot)}
+        # A class of models hot everywhere holds alike hot models (same replicas): each member
+        # gets a server of its own.
+        chosen: Dict[int, int] = {}
+        for i in np.flatnonzero(self.pure_hot):
+            j = self.index_of(self.hot_pattern(int(i), int(self.hot_shape[i])))
+            chosen[j] = chosen.get(j, 0) + int(self.cls.count[i])
         left = self.demand.copy()
         c = len(self.cls)
         while left.sum() > 0 and time.perf_counter() < deadline:

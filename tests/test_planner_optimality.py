@@ -638,3 +638,19 @@ def test_existing_plan_is_left_alone_on_bad_input(tmp_path, capsys):
     assert out.read_bytes() == before
     assert out.stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".plan.json.")]  # no temporary left behind
+
+
+def test_alike_models_hot_everywhere_each_get_a_server():
+    """Hot models with the same replicas share a class; each must still get its own server. (A
+    100,000-model catalogue once lost one: the class's pure-hot servers were counted once.)"""
+    catalogue = {"cpu_slice_vcpu": 2, "platform": {},
+                 "instances": [inf1_type("inf1.t", 0.5, 8, 16, 4, 8, 4, 40)]}
+    hot = [tiny_model(i, 40.0, inf1=(300, 300, 100.0)) for i in range(3)]  # load 1.0 a device: 2 replicas
+    rng = random.Random(5)
+    small = [tiny_model(i, 0.5, inf1=(rng.uniform(200, 900), 300, rng.uniform(15, 30))) for i in range(3, 80)]
+    models, catalogue, result = solve(hot + small, catalogue, PackingOptions(time_limit_s=10))
+    placed = [m for s in result.plan.servers for m in s.models]
+    assert sorted(placed) == sorted(m.id for m in models)
+    for i in range(3):
+        (server,) = [s for s in result.plan.servers if f"m{i}" in s.models]
+        assert server.models == [f"m{i}"] and server.replicas == 2
