@@ -11,7 +11,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test bench-pack bench-trace lint clean checkov-env
+.PHONY: demo test bench-pack bench-trace bench-serve lint clean checkov-env
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,16 +28,36 @@ $(CHECKOV): $(CHECKOV_STAMP)
 
 checkov-env: $(CHECKOV_STAMP)
 
-demo: $(STAMP)
-	$(PY) -m tracing trace --models config/examples/trace-demo.yaml --processor cpu --store $(OUT)/store --reps 10
-	$(PY) -m packing plan --models config/examples/trace-demo.yaml --store $(OUT)/store \
-		--out $(OUT)/trace-demo-plan.json --quiet --time-limit 10
-	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/models.yaml
-	$(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
-		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json --time-limit 20
-	@echo "independent check of the plan (../shared/tools/check_plan.py):"
-	$(PY) ../shared/tools/check_plan.py $(OUT)/models.yaml config/instances.yaml $(OUT)/plan.json 0.83 0
-	@echo "demo outputs: $(OUT)/models.yaml $(OUT)/plan.json $(OUT)/plan.png"
+# The main job: the whole flow on this machine, no AWS account. Each step prints where its output is.
+DEMO_MODELS := config/examples/demo.yaml
+DEMO_TYPES := c5.large,c5.xlarge,c5.2xlarge,c5.4xlarge
+STATE := $(OUT)/.modelfleet
+REPORT := report
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+demo: $(STAMP) node_modules/.bin/cdk
+	@echo "== 1/7 trace: 20 models from 3 sources, traced for cpu and profiled into $(OUT)/store"
+	$(PY) -m tracing trace --models $(DEMO_MODELS) --processor cpu --store $(OUT)/store --reps 10
+	@echo "== 2/7 pack: the 20 models on c5 from their measured profiles -> $(OUT)/plan.json, $(OUT)/plan.png"
+	$(PY) -m packing plan --models $(DEMO_MODELS) --store $(OUT)/store --only-instance-types $(DEMO_TYPES) \
+		--out $(OUT)/plan.json --time-limit 10
+	@echo "== 3/7 pack at the reference scale: 3,040 mixed models over every instance type, checked independently"
+	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/mixed-3040.yaml
+	$(PY) -m packing plan --models $(OUT)/mixed-3040.yaml --reference-profiles config/profiles.yaml \
+		--out $(OUT)/mixed-3040-plan.json --time-limit 20 --quiet
+	$(PY) ../shared/tools/check_plan.py $(OUT)/mixed-3040.yaml config/instances.yaml $(OUT)/mixed-3040-plan.json 0.83 0
+	@echo "== 4/7 charts synth: Kubernetes manifests, Helm shards and routes.json -> $(OUT)/dist"
+	$(PY) -m charts synth --plan $(OUT)/plan.json --config config/dev.yaml --out $(OUT)/dist
+	@echo "== 5/7 cdk synth: the dev platform's CloudFormation -> $(OUT)/cdk.out (offline, no credentials)"
+	npx cdk synth -c env=dev -c plan=$(OUT)/plan.json -c dist=$(OUT)/dist -c pipeline=false --quiet -o $(OUT)/cdk.out
+	@echo "== 6/7 deploy: one server process per plan server on 127.0.0.1"
+	$(PY) -m deploy start --plan $(OUT)/plan.json --store $(OUT)/store --state-dir $(STATE)
+	@echo "== 7/7 load test: seq, rnd, a closed-loop sweep and an open loop at 20% of the plan's rates -> $(REPORT)/"
+	$(PY) -m loadtest seq rnd bmk open --routes $(STATE)/routes.json --plan $(OUT)/plan.json --models $(DEMO_MODELS) \
+		--out $(REPORT) --count 40 --concurrency 1,2,4 --step-duration 5 --scale 0.2 --duration 15; \
+		status=$$?; $(PY) -m deploy stop --state-dir $(STATE); exit $$status
+	@echo "demo outputs: $(OUT)/store (artifacts), $(OUT)/plan.json + plan.png, $(OUT)/mixed-3040-plan.json + .png,"
+	@echo "  $(OUT)/dist (manifests), $(OUT)/cdk.out (templates), $(REPORT)/report.md with plan.png and latency_throughput.png"
 
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m ruff check .
@@ -49,9 +69,32 @@ bench-pack: $(STAMP)
 bench-trace: $(STAMP)
 	$(PY) -m bench.tracing --out bench/results/tracing.json
 
+# The model server against raw forward, itself unbatched, TorchServe (its own .venv-torchserve, created by the
+# bench) and with 1-50 models; traced models are cached in bench/.cache/. About 10 minutes.
+bench-serve: $(STAMP)
+	$(PY) -m bench.serving --out bench/results/serving.json
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/vermin --target=3.10- --no-tips --violations contracts store tracing serving
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache .hypothesis
+
+# CDK synth of every stack (issue 6, README "Infrastructure (CDK)"): the platform of ENV (dev by
+# default), modelfleet-shared and modelfleet-pipeline with its dev, staging and prod stages. Offline,
+# no AWS credentials. Makes the plans it needs when they are missing: out/plan.json as `make demo`
+# does, out/plan-prod.json from the same models with --min-replicas 2 (prod's config asks for it).
+.PHONY: synth
+ENV ?= dev
+synth: $(STAMP) node_modules/.bin/cdk
+	test -f $(OUT)/models.yaml || $(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/models.yaml
+	test -f $(OUT)/plan.json || $(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
+		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json --time-limit 20 --quiet
+	test -f $(OUT)/plan-prod.json || $(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
+		--reference-profiles config/profiles.yaml --out $(OUT)/plan-prod.json --time-limit 20 --quiet --min-replicas 2
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 npx cdk synth -c env=$(ENV) --quiet
+
+node_modules/.bin/cdk: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from contracts import ContractError
 from loadtest import report as reporting
 from loadtest.client import Client
-from loadtest.runner import DEFAULT_TEXT, RequestSpec, closed_loop, open_loop, sequential
+from loadtest.runner import DEFAULT_CONTEXT, DEFAULT_TEXT, RequestSpec, closed_loop, open_loop, sequential
 from loadtest.stats import Curve, Sample, poisson_schedule, random_models, summarise
 from loadtest.targets import Target, first_per_server, load_plan, load_rates, load_routes, resolve
 
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=256, help="open connections per origin at most (default 256)")
     p.add_argument("--max-error-rate", type=float, default=0.01, help="exit 1 when a mode's errors exceed this fraction (default 0.01)")
     p.add_argument("--text", default=DEFAULT_TEXT, help="the input text of every request")
+    p.add_argument("--context", default=DEFAULT_CONTEXT,
+                   help="the second text of every request (question answering's context; '' sends none)")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                    help="extra header on every request (repeatable); Host:NAME replaces the URL's host name, e.g. to reach "
                         "a gateway by its load balancer's address while its routes match the configured host")
@@ -137,7 +139,7 @@ def open_rates(targets: Sequence[Target], catalogue: Dict[str, float], scale: fl
 async def run(args: argparse.Namespace, modes: List[str], targets: List[Target], rates: Dict[str, float],
               catalogue: Dict[str, float], progress: Progress) -> reporting.Results:
     results = reporting.Results(models=len(targets), servers=len({t.server for t in targets}))
-    spec = RequestSpec(text=args.text, timeout_s=args.timeout)
+    spec = RequestSpec(text=args.text, timeout_s=args.timeout, context=args.context or None)
     deadline = time.perf_counter() + args.time_limit
     by_model = {t.model: t for t in targets}
     async with Client(max_connections=args.max_connections, verify_tls=not args.insecure, headers=parse_headers(args.header)) as client:
@@ -272,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "plan": str(args.plan) if args.plan else None, "models_file": str(args.models) if args.models else None,
             "modes_run": modes, "seed": args.seed}
     report = reporting.build(results, plan, meta)
-    paths = reporting.write(report, args.out)
+    paths = reporting.write(report, args.out, args.plan.with_suffix(".png") if args.plan else None)
     print(reporting.markdown(dict(report, plot=paths["png"].name if "png" in paths else None)).split("\n## Every mode")[0].rstrip())
     print("\nreport: " + ", ".join(str(p) for p in paths.values()))
     problems = verdict(results, args.max_error_rate)

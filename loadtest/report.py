@@ -189,6 +189,8 @@ def markdown(report: Dict[str, Any]) -> str:
                          f"{fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p90'))} | {fmt_ms(lat.get('p95'))} | {fmt_ms(lat.get('p99'))} |")
         if report.get("plot"):
             lines += ["", f"![latency–throughput]({report['plot']})"]
+    if report.get("plan_plot"):
+        lines += ["", "## The plan", "", f"![the packing plan: servers on instances]({report['plan_plot']})"]
     head = ("mode", "requests", "ok", "errors by outcome", "throughput", "min", "P50", "P90", "P95", "P99", "max", "client CPU / request")
     lines += ["", "## Every mode", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     cpu = report["client"]["cpu_ms_per_request"]
@@ -252,11 +254,15 @@ def plot(report: Dict[str, Any], path: Path) -> Optional[Path]:
     return path
 
 
-def write(report: Dict[str, Any], out: Path) -> Dict[str, Path]:
-    """report.json, report.md and (when bmk or open ran) latency_throughput.png under `out`."""
+def write(report: Dict[str, Any], out: Path, plan_picture: Optional[Path] = None) -> Dict[str, Path]:
+    """report.json, report.md and (when bmk or open ran) latency_throughput.png under `out`; with
+    `plan_picture` (the plan's plot from `packing plan`), a copy of it as plan.png, shown first."""
     out.mkdir(parents=True, exist_ok=True)
     png = plot(report, out / "latency_throughput.png")
     report = dict(report, plot=png.name if png else None)
+    if plan_picture is not None and plan_picture.is_file():
+        write_atomic(out / "plan.png", plan_picture.read_bytes())
+        report["plan_plot"] = "plan.png"
     paths = {"json": write_json_atomic(out / "report.json", report), "md": write_atomic(out / "report.md", markdown(report))}
     if png:
         paths["png"] = png

@@ -61,13 +61,15 @@ def gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    """A file store with two random bert-tiny models (one artifact: same source and settings), traced for cpu."""
+    """A file store with two random bert-tiny models, a classifier and a question answerer (which needs the
+    load test to send a context), traced for cpu."""
     from tracing import cli as tracing_cli
 
     base = tmp_path_factory.mktemp("deploy-store")
     models = base / "models.yaml"
-    specs = [{"id": m, "source": "random:bert-tiny@3", "task": "sequence-classification", "sequence_length": 32,
-              "batch_size": 1, "rps": rps} for m, rps in zip(MODELS, (6.0, 4.0))]
+    specs = [{"id": m, "source": "random:bert-tiny@3", "task": task, "sequence_length": 32,
+              "batch_size": 1, "rps": rps}
+             for m, rps, task in zip(MODELS, (6.0, 4.0), ("sequence-classification", "question-answering"))]
     models.write_text(yaml.safe_dump({"models": specs}))
     root = base / "store"
     assert tracing_cli.main(["trace", "--models", str(models), "--processor", "cpu", "--store", root.as_uri(),
@@ -106,8 +108,9 @@ def test_local_runtime_starts_two_servers_and_writes_routes(fleet: Dict[str, Any
     assert all(u.startswith("http://127.0.0.1:") for u in urls.values()) and len(set(urls.values())) == 2
     for sid, model, other in (("cpu-0000", "tiny-a", "tiny-b"), ("cpu-0001", "tiny-b", "tiny-a")):
         assert http("GET", urls[sid] + "/healthz").json()["server_id"] == sid
-        reply = http("POST", urls[sid] + f"/predictions/{model}", {"inputs": "hello world"})
-        assert reply.status == 200 and reply.json()["model"] == model and reply.json()["labels"]
+        reply = http("POST", urls[sid] + f"/predictions/{model}", {"inputs": "who said hello?", "context": "Ada said hello."})
+        assert reply.status == 200 and reply.json()["model"] == model
+        assert reply.json()["labels" if model == "tiny-a" else "answers"]
         assert http("POST", urls[sid] + f"/predictions/{other}", {"inputs": "hello"}).status == 404  # each server has its own
     state = fleet["state"]
     for i, sid in enumerate(("cpu-0000", "cpu-0001")):

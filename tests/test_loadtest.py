@@ -283,9 +283,14 @@ def test_report_from_known_samples_has_the_blog_columns(tmp_path: Path) -> None:
     assert report["summary"]["throughput_rps"] == pytest.approx(150.0)  # 30 in 0.2 s beats 10 in 0.1 s
     assert report["summary"]["p90_under_load_ms"] == pytest.approx(20.0)
     paths = reporting.write(report, tmp_path)
-    assert paths["png"].exists()
+    assert paths["png"].exists() and not (tmp_path / "plan.png").exists()
     md = paths["md"].read_text()
     assert "12.0–40.0 ms" in md and "150.0 req/s" in md and "– (no --plan)" in md
+    picture = tmp_path / "the-plan.png"
+    picture.write_bytes(b"\x89PNG not really")
+    paths = reporting.write(report, tmp_path / "with-plan", picture)
+    assert (tmp_path / "with-plan" / "plan.png").read_bytes() == picture.read_bytes()
+    assert "](plan.png)" in paths["md"].read_text()
 
 
 def _plan(servers: Dict[str, List[str]], p90: float, cost: float) -> dict:
