@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Any, Dict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -96,6 +96,10 @@ class EnvConfig(_Section):
         default=1, ge=1,
         description="plans for this environment must be made with at least this --min-replicas (prod: 2)")
     startup: Startup = Field(default_factory=Startup)
+    stacks: Dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings only the CDK stacks read (account, region, plan, allowed_instance_families, burst_factor, "
+                    "...; every key of stacks/defaults.py): the charts carry them through unread")
 
     _labels = field_validator("environment", "namespace", "monitoring_namespace")(check_dns_label)
     _store = field_validator("store_uri")(_plain)

@@ -105,7 +105,7 @@ def load_env(env: str, *, config_dir: Optional[Path] = None, plan: Optional[str]
     def get(key: str, *aliases: str) -> Any:
         if overrides and key in overrides:
             return overrides[key]
-        value = _lookup(data, key, *aliases)
+        value = _lookup(data, f"stacks.{key}", key, *aliases)
         return base.get(key) if value is None else value
 
     internet_facing = bool(get("internet_facing", "gateway.internet_facing", "gateway.internetFacing"))
