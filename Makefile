@@ -11,7 +11,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test bench-pack bench-trace bench-serve lint clean checkov-env
+.PHONY: demo test bench-pack bench-replan bench-trace bench-serve lint clean checkov-env
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ test: $(STAMP) $(CHECKOV_STAMP)
 
 bench-pack: $(STAMP)
 	$(PY) -m bench.packing --out bench/results/packing.json
+
+bench-replan: $(STAMP)
+	$(PY) -m bench.replanning --out bench/results/replanning.json
 
 bench-trace: $(STAMP)
 	$(PY) -m bench.tracing --out bench/results/tracing.json

@@ -159,7 +159,9 @@ class ModelServer(Construct):
                     max_surge=k8s.IntOrString.from_number(1), max_unavailable=k8s.IntOrString.from_number(0))),
                 selector=k8s.LabelSelector(match_labels=selector),
                 template=k8s.PodTemplateSpec(
-                    metadata=k8s.ObjectMeta(labels=labels, annotations={c.MODELS_DIGEST_ANNOTATION: naming.models_digest(s.models)}),
+                    metadata=k8s.ObjectMeta(labels=labels, annotations={
+                        # Sorted: only a change of the model set rolls the pods, not a new order.
+                        c.MODELS_DIGEST_ANNOTATION: naming.models_digest(sorted(s.models))}),
                     spec=pod)))
 
         self.service = k8s.KubeService(

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 from rich.console import Console
 from rich.markup import escape
 
-from contracts import ContractError, InstanceCatalogue, ModelCatalogue, Profile, ReferenceProfiles, load, write_json_atomic
+from contracts import ContractError, InstanceCatalogue, ModelCatalogue, Plan, Profile, ReferenceProfiles, load, write_json_atomic
 from packing import generate
 from packing.arguments import fraction, positive
 from packing.demand import UnplaceableModels
@@ -53,7 +53,35 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--min-replicas", type=positive(int), default=1, help="pods per server at least (2 in prod)")
     p.add_argument("--time-limit", type=positive(), default=60.0, help="seconds for the whole solve")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.add_argument("--previous", type=Path, default=None,
+                   help="re-plan from this plan.json: keep its servers where they still fit, move few models")
+    trade = p.add_mutually_exclusive_group()
+    trade.add_argument("--move-cost", type=positive(), default=None, metavar="DOLLARS_PER_HOUR",
+                       help="with --previous: consolidate under-filled servers when the $/h saved beats this much per moved model")
+    trade.add_argument("--max-moves", type=positive(int), default=None, metavar="N",
+                       help="with --previous: consolidate, moving at most N more models, for the largest saving")
     p.set_defaults(func=run_plan)
+
+
+def add_diff_parser(sub) -> None:
+    p = sub.add_parser("diff", help="what changes from one plan to another",
+                       description="Servers added, removed and changed, models moved, $/h and instances per type "
+                                   "before and after: what promoting NEW over OLD changes.")
+    p.add_argument("old", type=Path, help="the plan deployed now")
+    p.add_argument("new", type=Path, help="the plan to promote")
+    p.add_argument("--json", action="store_true", help="print the diff as JSON instead of the summary")
+    p.set_defaults(func=run_diff)
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    from packing.diff import plan_diff, print_diff
+
+    diff = plan_diff(load(Plan, args.old), load(Plan, args.new))
+    if args.json:
+        print(json.dumps(diff, indent=2))
+    else:
+        print_diff(diff, Console())
+    return 0
 
 
 def _sha256(path: Path) -> str:
@@ -98,8 +126,17 @@ def run_plan(args: argparse.Namespace) -> int:
             only_instance_types=tuple(args.only_instance_types) if args.only_instance_types else None,
             time_limit_s=args.time_limit,
         )
-        result = plan_servers(models, profiles, sources, catalogue, opts, inputs,
-                              progress=lambda msg: status.update(msg))
+        if args.previous:
+            from packing.replan import MoveBudget, replan
+
+            previous = load(Plan, args.previous)
+            result = replan(previous, _sha256(args.previous), models, profiles, sources, catalogue, opts,
+                            MoveBudget(args.move_cost, args.max_moves), inputs, progress=lambda msg: status.update(msg))
+        elif args.move_cost is not None or args.max_moves is not None:
+            raise ValueError("--move-cost and --max-moves need --previous (the plan to re-plan from)")
+        else:
+            result = plan_servers(models, profiles, sources, catalogue, opts, inputs,
+                                  progress=lambda msg: status.update(msg))
     png = args.png or args.out.with_suffix(".png")
     from packing.plot import plot_plan  # matplotlib is slow to import: only when a plan exists
     plot_plan(result.plan, result.pods, png)
@@ -111,6 +148,9 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"plan: {args.out}  picture: {png}  ${plan.cost_per_hour:.2f}/h, bound ${plan.lower_bound_per_hour:.2f}/h, "
           f"gap {plan.gap:.2%}, {sum(plan.instances.values())} instances, {len(plan.servers)} servers, "
           f"{plan.solve_seconds:.1f} s")
+    if plan.previous is not None:
+        print(f"against {args.previous}: {plan.previous.models_moved} models moved, "
+              f"{plan.previous.servers_restarted} servers restarted")
     return 0
 
 
@@ -119,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m packing",
         description="Plan model servers: bin-pack models onto the cheapest instances that meet their latency budget.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,diff,generate}")
     add_plan_parser(sub)
+    add_diff_parser(sub)
     generate.register(sub)
     return parser
 

@@ -152,6 +152,22 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
     return Solved(built, nodes, lower, info)
 
 
+def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: float, deadline: float,
+         say: Callable[[str], None]) -> Solved:
+    """The solver, the re-plan of part-empty nodes and first-fit decreasing, cheapest kept; `dem`
+    over undominated `shapes`. Also packs a re-plan's new and displaced models (packing/replan.py)."""
+    solved = solve(dem, shapes, opts, start + 0.9 * (deadline - start), say)
+    solved = improve(solved, dem, shapes, opts, deadline, say, solve)
+    # First-fit decreasing is fast and, on some catalogues, better than a column generation
+    # that ran out of time: the plan is never dearer than it.
+    ffd = first_fit_decreasing_by_price(dem, shapes, opts, platform=0.0)
+    ours = sum(shapes[t].price * n for t, n in solved.nodes.items())
+    if ffd.cost_per_hour < ours - 1e-9:
+        say(f"first-fit decreasing beats the rounded LP: ${ffd.cost_per_hour:.3f}/h against ${ours:.3f}/h")
+        solved = Solved(from_baseline(ffd, dem), dict(ffd_nodes(ffd)), solved.lower, {**solved.info, "integer": "first-fit decreasing"})
+    return solved
+
+
 def plan_servers(
     models: Sequence[ModelSpec],
     profiles: Mapping[str, Mapping[str, Profile]],
@@ -173,24 +189,23 @@ def plan_servers(
             + ", ".join(s.name for t, s in enumerate(shapes) if t not in keep))
         shapes = [shapes[t] for t in keep]
         dem = dem.on_shapes(keep)
-    solved = solve(dem, shapes, opts, start + 0.9 * opts.time_limit_s, say)
-    solved = improve(solved, dem, shapes, opts, deadline, say, solve)
-    # First-fit decreasing is fast and, on some catalogues, better than a column generation
-    # that ran out of time: the plan is never dearer than it.
-    ffd = first_fit_decreasing_by_price(dem, shapes, opts, platform=0.0)
-    ours = sum(shapes[t].price * n for t, n in solved.nodes.items())
-    if ffd.cost_per_hour < ours - 1e-9:
-        say(f"first-fit decreasing beats the rounded LP: ${ffd.cost_per_hour:.3f}/h against ${ours:.3f}/h")
-        solved = Solved(from_baseline(ffd, dem), dict(ffd_nodes(ffd)), solved.lower, {**solved.info, "integer": "first-fit decreasing"})
+    solved = pack(dem, shapes, opts, start, deadline, say)
+    return write_plan(solved, dem, _server_ids(solved.built, shapes), models, profile_sources, catalogue, opts,
+                      inputs, time.perf_counter() - start)
+
+
+def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence[ModelSpec],
+               profile_sources: Mapping[str, Mapping[str, str]], catalogue: InstanceCatalogue, opts: PackingOptions,
+               inputs: Optional[Mapping[str, str]], solve_seconds: float) -> PlanResult:
+    """The Plan of built servers (`ids[k]` names `solved.built[k]`), with the pods' figures."""
+    shapes = dem.shapes
     built, nodes, lower = solved.built, solved.nodes, solved.lower
     info = solved.info
-    solve_seconds = time.perf_counter() - start
 
     platform = float(sum(catalogue.platform.values()))
     instances = {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
     cost = sum(shapes[t].price * n for t, n in nodes.items()) + platform
     bound = min(lower + platform, cost)
-    ids = _server_ids(built, shapes)
 
     servers_json, pods = [], []
     for k in sorted(range(len(built)), key=lambda k: ids[k]):

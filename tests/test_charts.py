@@ -581,3 +581,24 @@ def test_parallel_build_gives_the_same_objects(hand, monkeypatch):
     plan, config, _ = synth_module.load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
     monkeypatch.setattr(synth_module, "SERVERS_PER_APP", 1)  # parallel from 4 servers on
     assert synth_module.build_servers_parallel(plan, config, jobs=2) == synth_module.build_servers(plan, config)
+
+
+def test_models_hash_changes_only_when_a_servers_model_set_changes(tmp_path):
+    """The pod template's models hash (what rolls a server's pods on a re-plan): the same model set
+    in another order, or other replicas, keeps it; a model added or removed changes it."""
+    def annotations(servers, name):
+        plan = {**hand_plan(), "servers": servers}
+        (tmp_path / f"{name}.json").write_text(json.dumps(plan))
+        synth(tmp_path / f"{name}.json", DEV, tmp_path / name, instances_path=INSTANCES)
+        deployments = by_kind(load_docs(tmp_path / name / "manifests"), "Deployment")
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"][c.MODELS_DIGEST_ANNOTATION]
+                for d in deployments}
+
+    before = annotations([_server("cpu-0000", "c5.xlarge", "cpu", ["m-a", "m-b"]),
+                          _server("cpu-0001", "c5.xlarge", "cpu", ["m-c"])], "before")
+    after = annotations([_server("cpu-0000", "c5.xlarge", "cpu", ["m-b", "m-a"], replicas=2),
+                         _server("cpu-0001", "c5.xlarge", "cpu", ["m-c", "m-d"])], "after")
+    assert len(before) == 2 and before.keys() == after.keys()
+    same, changed = (next(k for k in before if k.endswith(sid)) for sid in ("cpu-0000", "cpu-0001"))
+    assert after[same] == before[same]
+    assert after[changed] != before[changed]

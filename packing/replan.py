@@ -1,0 +1,383 @@
+"""Re-planning from a previous plan: a small change to the inputs makes a small change to the fleet.
+
+1. **Carry.** Every previous server keeps its id, instance type, models and (where they still fit)
+   its pods' places. Removed models leave their server and nothing else moves. A server whose
+   models no longer fit it (a profile grew, a processor went away, the SLO tightened) gives up the
+   fewest models that make it fit again, largest first. Traffic changes only its `replicas`
+   (`ceil(load / max_utilization)`): a model turning hot scales its server instead of reshuffling.
+2. **Pack what is left.** New and displaced models go first into the free room of carried
+   servers (those already restarting first), then onto new servers from the planner's own solver
+   over just these models; new pods take free devices on open nodes before new nodes open.
+3. **Consolidate** (only with `move_cost` or `max_moves`): servers on the emptiest nodes are
+   re-packed together when the $/h saved beats `move_cost` per model moved, or is the largest
+   within `max_moves`.
+
+Kept servers keep their ids; new ones get numbers never used before. The bound is the fresh
+fluid bound (valid for every plan of these inputs). Moves and restarts come from `packing.diff`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from contracts import InstanceCatalogue, ModelSpec, Plan, PreviousPlan, Profile
+from packing.assemble import BuiltServer
+from packing.classes import build_classes
+from packing.demand import TOLERANCE, Demand, build_demand
+from packing.diff import plan_diff
+from packing.dominance import undominated
+from packing.formulation import fluid_relaxation
+from packing.knapsack import quiet_banner
+from packing.nodes import NodePool
+from packing.planner import CLASS_RESOLUTION, EXACT_CLASSES_UP_TO, LOAD_RESOLUTION, PlanResult, pack, write_plan
+from packing.repair import Solved
+from packing.resources import PackingOptions, node_shapes
+
+SERVER_ID = re.compile(r"^([a-z0-9]+)-(\d+)$")
+CONSOLIDATION_TRIALS = 6  # candidate sets of emptiest nodes tried: 1, 2, 4, ... nodes
+
+
+@dataclass(frozen=True)
+class MoveBudget:
+    """How consolidation trades cost against moves: `move_cost` $/h charged per moved model, or at
+    most `max_moves` moved models; neither: no consolidation (only forced moves)."""
+
+    move_cost: Optional[float] = None
+    max_moves: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        return self.move_cost is not None or self.max_moves is not None
+
+    def worth(self, saving: float, moves: int) -> float:
+        """Net gain of a consolidation, or -inf where it is not allowed."""
+        if saving <= 1e-9 or (self.max_moves is not None and moves > self.max_moves):
+            return -math.inf
+        return saving - (self.move_cost or 0.0) * moves
+
+
+NO_CONSOLIDATION = MoveBudget()
+
+
+# -- the maths of one server: pure functions -------------------------------------------------------
+
+def replicas_needed(models: Sequence[int], t: int, dem: Demand, opts: PackingOptions) -> int:
+    """Pods a server of these models needs on shape t: utilisation per pod within the cap."""
+    load = float(dem.u[list(models), t].sum())
+    return max(opts.min_replicas, int(math.ceil(load / opts.max_utilization - TOLERANCE)))
+
+
+def fit_server(models: Sequence[int], t: int, dem: Demand) -> Tuple[List[int], List[int]]:
+    """(models that stay, models that leave) for a carried server on shape t: those no longer
+    eligible leave, then the largest by device memory, then by host memory, until a pod holds
+    the rest. Utilisation never evicts: replicas absorb it."""
+    shape = dem.shapes[t]
+    stay = [m for m in models if dem.eligible[m, t]]
+    out = [m for m in models if not dem.eligible[m, t]]
+    mem_cap = shape.device_memory_cap_mib * (1 + TOLERANCE)
+    host_cap = (shape.host_alloc_mib - shape.pod_base_mib) * (1 + TOLERANCE)
+    while stay and float(dem.d[stay, t].sum()) > mem_cap:
+        out.append(stay.pop(int(np.argmax(dem.d[stay, t]))))
+    while stay and float(dem.h[stay, t].sum()) > host_cap:
+        out.append(stay.pop(int(np.argmax(dem.h[stay, t]))))
+    return stay, out
+
+
+def fresh_ids(count_by_processor: Mapping[str, int], used: Mapping[str, int]) -> Dict[str, List[str]]:
+    """`count` new ids per processor, numbered after the highest ever used there."""
+    return {p: [f"{p}-{used.get(p, -1) + 1 + i:04d}" for i in range(n)] for p, n in count_by_processor.items()}
+
+
+def id_high_water(previous: Plan) -> Dict[str, int]:
+    """The highest id number used per processor: in the previous plan, and before it (the
+    `previous` block carries it forward, so a retired id is never reused)."""
+    high: Dict[str, int] = {}
+    earlier = (previous.previous.model_extra or {}).get("id_high_water", {}) if previous.previous else {}
+    for p, n in earlier.items():
+        high[p] = max(high.get(p, -1), int(n))
+    for s in previous.servers:
+        match = SERVER_ID.match(s.id)
+        if match:
+            high[match[1]] = max(high.get(match[1], -1), int(match[2]))
+    return high
+
+
+# -- the fleet being re-planned ---------------------------------------------------------------------
+
+@dataclass
+class Fleet:
+    """Servers (carried ones first, with their ids), their pods' nodes, and pods still to place."""
+
+    dem: Demand
+    opts: PackingOptions
+    servers: List[BuiltServer] = field(default_factory=list)
+    ids: List[Optional[str]] = field(default_factory=list)  # None: a new server
+    changed: Set[int] = field(default_factory=set)  # carried servers whose model set changed
+    pool: NodePool = None  # type: ignore[assignment]
+    unplaced: Dict[int, int] = field(default_factory=dict)  # server -> pods still to place
+
+    def host_per_pod(self, models: Sequence[int], t: int) -> float:
+        return self.dem.shapes[t].pod_base_mib + float(self.dem.h[list(models), t].sum())
+
+    def cost(self) -> float:
+        _, counts = self.pool.compact()
+        return sum(self.dem.shapes[t].price * n for t, n in counts.items())
+
+    def moved_models(self, keys: Sequence[int]) -> int:
+        """Models on these servers that were somewhere before (new models do not count as moves)."""
+        return sum(len(self.servers[k].models) for k in keys if self.ids[k] is not None)
+
+    # Room on carried servers: first fit into what is already paid for.
+    def fill_slack(self, pending: Sequence[int]) -> List[int]:
+        """Put pending models on existing servers where memory, utilisation at the server's
+        replicas and host memory (the pod's and each of its nodes') allow; the rest is returned."""
+        dem, cap_u = self.dem, self.opts.max_utilization
+        if not self.servers or not pending:
+            return list(pending)
+        shape = np.array([s.shape for s in self.servers])
+        replicas = np.array([max(s.replicas, 1) for s in self.servers], float)
+        alive = np.array([bool(s.models) for s in self.servers])  # dissolved servers take nothing
+        mem = np.array([float(dem.d[s.models, s.shape].sum()) for s in self.servers])
+        load = np.array([float(dem.u[s.models, s.shape].sum()) for s in self.servers])
+        host = np.array([s.host_per_pod for s in self.servers])
+        mem_cap = np.array([dem.shapes[t].device_memory_cap_mib for t in shape]) * (1 + TOLERANCE)
+        host_cap = np.array([dem.shapes[t].host_alloc_mib for t in shape]) * (1 + TOLERANCE)
+        rest = []
+        order = sorted(pending, key=lambda m: -float(dem.d[m, dem.eligible[m]].max()))
+        for m in order:
+            d, u, h = dem.d[m, shape], dem.u[m, shape], dem.h[m, shape]
+            ok = alive & dem.eligible[m, shape] & (mem + d <= mem_cap) & ((load + u) / replicas <= cap_u * (1 + TOLERANCE))
+            ok &= host + h <= host_cap
+            # Servers already restarting first, then the fullest (best fit by memory).
+            candidates = sorted(np.flatnonzero(ok).tolist(),
+                                key=lambda k: (k not in self.changed, (mem_cap[k] - mem[k] - d[k]) / mem_cap[k], k))
+            for k in candidates:
+                s = self.servers[k]
+                if all(self.pool.host_room(s.shape, n) >= h[k] for n, _ in s.placements):
+                    for n, _ in s.placements:
+                        self.pool.grow(s.shape, n, float(h[k]))
+                    s.models.append(m)
+                    mem[k] += d[k]
+                    load[k] += u[k]
+                    host[k] += h[k]
+                    s.host_per_pod = float(host[k])
+                    if self.ids[k] is not None:
+                        self.changed.add(k)
+                    break
+            else:
+                rest.append(m)
+        return rest
+
+    def add_new(self, built: Sequence[BuiltServer]) -> None:
+        for s in built:
+            s.placements = []
+            self.servers.append(s)
+            self.ids.append(None)
+            self.unplaced[len(self.servers) - 1] = s.replicas
+
+    def place_pending_pods(self) -> None:
+        for k in sorted(self.unplaced):
+            s = self.servers[k]
+            for _ in range(self.unplaced[k]):
+                here = {n for n, _ in s.placements}
+                s.placements.append(self.pool.place(s.shape, k, s.host_per_pod, here,
+                                                    must_be_apart=len(s.placements) < self.opts.min_replicas))
+        self.unplaced = {}
+
+    def dissolve(self, keys: Sequence[int]) -> List[int]:
+        """Take servers out (their pods leave their nodes); their models are returned."""
+        models: List[int] = []
+        for k in sorted(keys):
+            s = self.servers[k]
+            for n, d in s.placements:
+                node = self.pool.nodes[s.shape][n]
+                del node.devices[d]
+                node.host_used -= s.host_per_pod
+            models.extend(s.models)
+            s.models, s.placements, s.replicas = [], [], 0
+            self.unplaced.pop(k, None)
+        return models
+
+
+def carry(previous: Plan, dem: Demand, opts: PackingOptions) -> Tuple[Fleet, List[int]]:
+    """Step 1: the previous servers on the current inputs, and the models left to pack."""
+    index = {m: i for i, m in enumerate(dem.model_ids)}
+    shape_of = {s.name: t for t, s in enumerate(dem.shapes)}
+    fleet = Fleet(dem, opts, pool=NodePool(dem.shapes))
+    placed = set()
+    pending: List[int] = []
+    for prev in sorted(previous.servers, key=lambda s: s.id):
+        present = [index[m] for m in prev.models if m in index]
+        placed.update(present)
+        t = shape_of.get(prev.instance_type)
+        if t is None:  # its instance type is no longer allowed
+            pending.extend(present)
+            continue
+        stay, out = fit_server(present, t, dem)
+        pending.extend(out)
+        if not stay:
+            continue
+        replicas = replicas_needed(stay, t, dem, opts)
+        s = BuiltServer(t, replicas, stay, host_per_pod=fleet.host_per_pod(stay, t))
+        k = len(fleet.servers)
+        fleet.servers.append(s)
+        fleet.ids.append(prev.id)
+        if len(stay) != len(prev.models):
+            fleet.changed.add(k)
+        # Pods stay where they were while they fit; the others (and new replicas) are placed later.
+        for p in prev.placements[:replicas]:
+            if fleet.pool.occupy(t, p.instance_index, p.device_index, k, s.host_per_pod):
+                s.placements.append((p.instance_index, p.device_index))
+        if len(s.placements) < replicas:
+            fleet.unplaced[k] = replicas - len(s.placements)
+    pending.extend(i for i in range(len(dem.model_ids)) if i not in placed)
+    return fleet, sorted(set(pending))
+
+
+def pack_new(fleet: Fleet, pending: Sequence[int], deadline: float, say: Callable[[str], None]) -> None:
+    """Step 2: slack first, then new servers from the solver over just the rest; all pods placed."""
+    rest = fleet.fill_slack(pending)
+    if len(pending):
+        say(f"{len(pending) - len(rest)} of {len(pending)} models to place fit carried servers' free room")
+    if rest:
+        dem = fleet.dem
+        part = dem.subset(rest)
+        keep = undominated(part, dem.shapes)
+        solved = pack(part.on_shapes(keep), [dem.shapes[t] for t in keep], fleet.opts,
+                      time.perf_counter(), max(deadline, time.perf_counter() + 1.0), lambda _m: None)
+        for s in solved.built:
+            s.shape = keep[s.shape]
+            s.models = [rest[m] for m in s.models]
+            s.host_per_pod = fleet.host_per_pod(s.models, s.shape)
+        fleet.add_new(solved.built)
+        say(f"{len(rest)} models on {len(solved.built)} new servers")
+    fleet.place_pending_pods()
+
+
+def emptiest_nodes(fleet: Fleet) -> List[Tuple[int, int]]:
+    """Open nodes, emptiest first: by the larger of their device and host memory fill."""
+    fills = []
+    for t, nodes in fleet.pool.nodes.items():
+        shape = fleet.dem.shapes[t]
+        for n, node in enumerate(nodes):
+            if node.devices:
+                fill = max(len(node.devices) / shape.slots, node.host_used / shape.host_alloc_mib)
+                fills.append((fill, shape.price, t, n))
+    return [(t, n) for _, _, t, n in sorted(fills, key=lambda f: (f[0], -f[1], f[2], f[3]))]
+
+
+def consolidate(fleet: Fleet, budget: MoveBudget, deadline: float, say: Callable[[str], None]) -> Fleet:
+    """Step 3: try re-packing the servers on the 1, 2, 4, ... emptiest nodes; keep the trial with
+    the best net gain under the budget (or none)."""
+    order = emptiest_nodes(fleet)
+    before = fleet.cost()
+    best, best_gain = fleet, 0.0
+    for i in range(CONSOLIDATION_TRIALS):
+        size = 2 ** i
+        if size > len(order) or time.perf_counter() > deadline - 1.0:
+            break
+        nodes = set(order[:size])
+        keys = [k for k, s in enumerate(fleet.servers) if s.models and any((s.shape, n) in nodes for n, _ in s.placements)]
+        moves = fleet.moved_models(keys)
+        if budget.max_moves is not None and moves > budget.max_moves:
+            break
+        # The demand and shapes are shared, read-only: only servers and nodes are copied.
+        trial = copy.deepcopy(fleet, {id(fleet.dem): fleet.dem, id(fleet.opts): fleet.opts, id(fleet.pool.shapes): fleet.pool.shapes})
+        models = trial.dissolve(keys)
+        share = (deadline - time.perf_counter()) / (CONSOLIDATION_TRIALS - i)
+        pack_new(trial, models, time.perf_counter() + share, lambda _m: None)
+        gain = budget.worth(before - trial.cost(), moves)
+        say(f"consolidation over {size} node(s): {moves} moves, ${before:.3f}/h -> ${trial.cost():.3f}/h")
+        if gain > best_gain:
+            best, best_gain = trial, gain
+    return best
+
+
+def fresh_bound(dem: Demand, opts: PackingOptions) -> float:
+    """The fluid relaxation over every model, on undominated shapes: a lower bound on the instance
+    $/h of any plan of these inputs, the re-plan included."""
+    keep = undominated(dem, dem.shapes)
+    part = dem.on_shapes(keep)
+    resolution = 0.0 if len(dem.model_ids) <= EXACT_CLASSES_UP_TO else CLASS_RESOLUTION
+    cls = build_classes(part, opts.max_utilization, resolution, LOAD_RESOLUTION)
+    return fluid_relaxation(cls, [dem.shapes[t] for t in keep], opts.min_replicas).value
+
+
+def finish(fleet: Fleet, previous: Plan) -> Tuple[List[BuiltServer], List[str], Dict[int, int]]:
+    """Drop emptied servers and nodes, renumber nodes in their old order, name new servers."""
+    renumber, counts = fleet.pool.compact()
+    live = [k for k, s in enumerate(fleet.servers) if s.models]
+    for k in live:
+        s = fleet.servers[k]
+        s.placements = [(renumber[s.shape, n], d) for n, d in s.placements]
+    new = sorted((k for k in live if fleet.ids[k] is None),
+                 key=lambda k: (fleet.dem.shapes[fleet.servers[k].shape].processor, fleet.servers[k].shape,
+                                fleet.servers[k].placements[0], k))
+    wanted: Dict[str, int] = {}
+    for k in new:
+        p = fleet.dem.shapes[fleet.servers[k].shape].processor
+        wanted[p] = wanted.get(p, 0) + 1
+    names = fresh_ids(wanted, id_high_water(previous))
+    ids = {k: fleet.ids[k] for k in live if fleet.ids[k] is not None}
+    for k in new:
+        ids[k] = names[fleet.dem.shapes[fleet.servers[k].shape].processor].pop(0)
+    return [fleet.servers[k] for k in live], [ids[k] for k in live], counts
+
+
+def replan(
+    previous: Plan,
+    previous_digest: str,
+    models: Sequence[ModelSpec],
+    profiles: Mapping[str, Mapping[str, Profile]],
+    profile_sources: Mapping[str, Mapping[str, str]],
+    catalogue: InstanceCatalogue,
+    opts: PackingOptions,
+    budget: MoveBudget = NO_CONSOLIDATION,
+    inputs: Optional[Mapping[str, str]] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> PlanResult:
+    say = progress or (lambda _msg: None)
+    quiet_banner()
+    start = time.perf_counter()
+    deadline = start + opts.time_limit_s
+    dem = build_demand(models, profiles, node_shapes(catalogue, opts), opts)
+    fleet, pending = carry(previous, dem, opts)
+    say(f"carried {len(fleet.servers)} of {len(previous.servers)} servers; {len(pending)} models to place")
+    pack_new(fleet, pending, start + (0.6 if budget.active else 0.9) * opts.time_limit_s, say)
+    if budget.active:
+        fleet = consolidate(fleet, budget, deadline, say)
+    lower = fresh_bound(dem, opts)
+    if dict(previous.inputs) == dict(inputs or {}) and previous.options == _options_json(opts):
+        # Same inputs: the previous plan's bound (maybe a Farley bound, above the fluid one) holds.
+        lower = max(lower, previous.lower_bound_per_hour - previous.platform_per_hour)
+    built, ids, counts = finish(fleet, previous)
+    info = {"name": "replan", "carried_servers": sum(1 for i in fleet.ids if i is not None),
+            "lp_per_hour": lower, "fluid_per_hour": lower, "config_bound_per_hour": 0.0,
+            **({"move_cost": budget.move_cost} if budget.move_cost is not None else {}),
+            **({"max_moves": budget.max_moves} if budget.max_moves is not None else {})}
+    result = write_plan(Solved(built, counts, lower, info), dem, ids, models, profile_sources, catalogue, opts,
+                        inputs, time.perf_counter() - start)
+    diff = plan_diff(previous, result.plan)
+    high = id_high_water(previous)
+    for s in result.plan.servers:
+        match = SERVER_ID.match(s.id)
+        if match:
+            high[match[1]] = max(high.get(match[1], -1), int(match[2]))
+    result.plan.previous = PreviousPlan(
+        digest=previous_digest, models_moved=len(diff["models_moved"]), servers_restarted=diff["servers_restarted"],
+        servers_added=len(diff["servers_added"]), servers_removed=len(diff["servers_removed"]),
+        models_added=len(diff["models_added"]), models_removed=len(diff["models_removed"]),
+        cost_before_per_hour=previous.cost_per_hour, id_high_water=high)
+    return result
+
+
+def _options_json(opts: PackingOptions) -> Dict[str, object]:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items() if k != "time_limit_s"}
