@@ -61,7 +61,7 @@ demo: $(STAMP) node_modules/.bin/cdk
 
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench-pack: $(STAMP)
 	$(PY) -m bench.packing --out bench/results/packing.json
