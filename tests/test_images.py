@@ -35,7 +35,7 @@ DOCKER_DIR = ROOT / "serving" / "docker"
 PROCESSORS = ("cpu", "gpu", "inf1", "inf2")
 SERVER_CMD = ["python", "-m", "serving"]
 # What a build context may contribute to an image: the server's packages and its requirements (not tracing/, packing/).
-CONTEXT_SOURCES = {"contracts/", "store/", "serving/", "serving/docker/requirements-serve.txt"}
+CONTEXT_SOURCES = {"contracts/", "store/", "serving/", "loadtest/", "serving/docker/requirements-serve.txt"}
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|cc1|clang|build-essential|make|cmake|python3?(\.\d+)?-dev|libpython3?(\.\d+)?-dev|gnupg|curl|wget)\b"
 )
@@ -235,6 +235,8 @@ def test_dockerfile_copies_only_the_server(processor):
     assert sources <= CONTEXT_SOURCES, \
         f"{name}: copies {sorted(sources - CONTEXT_SOURCES)} from the context; only {sorted(CONTEXT_SOURCES)}"
     assert {"contracts/", "store/", "serving/"} <= sources, f"{name}: the image needs contracts/, store/ and serving/"
+    if processor == "cpu":  # the pipeline's smoke Job (stacks/smoke.py) runs the cpu image's python -m loadtest smoke
+        assert "loadtest/" in sources, f"{name}: the smoke Job needs loadtest/"
     stage = stages(instructions)[-1]
     from_builder = [ins for ins in stage if ins.keyword == "COPY" and "--from=" in ins.value]
     assert from_builder, f"{name}: the runtime stage takes the builder's environment"
