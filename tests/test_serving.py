@@ -258,7 +258,8 @@ class FaultServers:
 def fault_servers(serving_store, tmp_path_factory):
     """drain: minilm and tiny-cls from a store copy whose tiny-cls model file is damaged, on one inference thread
     (the corrupt-bundle test, then the SIGTERM test);
-    budget: tiny-cls and tiny-qa with a MEMORY_BUDGET_MIB that fits only tiny-cls, and REQUEST_TIMEOUT_MS=1;
+    budget: tiny-cls and tiny-qa with a MEMORY_BUDGET_MIB that fits only tiny-cls, and REQUEST_TIMEOUT_MS=0.01
+    (10 µs: no request answers within it, however fast the model; 1 ms was met once trimming sped tiny-cls up);
     unreachable: an s3:// store on a closed port (botocore retries off), retried every 0.2 s at most."""
     base = tmp_path_factory.mktemp("fault-servers")
     store = serving_store.copy(base / "corrupt-store")
@@ -271,7 +272,7 @@ def fault_servers(serving_store, tmp_path_factory):
         "drain": start_server(base / "drain", store.uri, ["minilm", "tiny-cls"], WORKERS=1, MAX_BATCH_SIZE=2, MAX_DELAY_MS=0,
                               QUEUE_SIZE=64, GRACE_SECONDS=DRAIN_GRACE_S),
         "budget": start_server(base / "budget", serving_store.uri, ["tiny-cls", "tiny-qa"], MEMORY_BUDGET_MIB=budget, SERVER_BASE_MIB=0,
-                               REQUEST_TIMEOUT_MS=1),
+                               REQUEST_TIMEOUT_MS=0.01),
         "unreachable": start_server(base / "unreachable", f"s3://modelfleet-test/serving?endpoint_url=http://127.0.0.1:{free_port()}"
                                     "&max_attempts=0", ["minilm"], STORE_RETRY_MAX_SECONDS=0.2, **FAKE_AWS,
                                     AWS_CONFIG_FILE=str(base / "none"), AWS_SHARED_CREDENTIALS_FILE=str(base / "none")),
