@@ -9,9 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import yaml
@@ -21,21 +20,10 @@ from deploy import cli, docker, kubernetes, local
 from deploy.readiness import classify
 from deploy.state import read_state
 from loadtest import cli as loadtest_cli
+from tests.serving_fixtures import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["tiny-a", "tiny-b"]
-POLL_S = 0.05
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(POLL_S)  # poll interval, bounded by the deadline
 
 
 def make_plan(servers: Dict[str, List[str]], p90: float = 20.0, budget: int = 512) -> Dict[str, Any]:
