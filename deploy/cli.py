@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from contracts import ContractError, Plan, load
 from deploy import docker, kubernetes, local
@@ -166,12 +166,19 @@ def run_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_stop(args: argparse.Namespace) -> int:
+def _recorded(args: argparse.Namespace, command: str) -> Union[Dict[str, Any], None, int]:
+    """The recorded deployment, None when there is none, or exit code 2 after saying why it is unreadable."""
     try:
-        state = read_state(args.state_dir)
+        return read_state(args.state_dir)
     except ContractError as exc:
-        print(f"python -m deploy stop: error: {exc}", file=sys.stderr)
+        print(f"python -m deploy {command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    state = _recorded(args, "stop")
+    if isinstance(state, int):
+        return state
     if state is None:
         print(f"nothing to stop: no deployment recorded in {args.state_dir}")
         return 0
@@ -187,11 +194,9 @@ def run_stop(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    try:
-        state = read_state(args.state_dir)
-    except ContractError as exc:
-        print(f"python -m deploy status: error: {exc}", file=sys.stderr)
-        return 2
+    state = _recorded(args, "status")
+    if isinstance(state, int):
+        return state
     if state is None:
         print(f"no deployment recorded in {args.state_dir}")
         return 1

@@ -18,7 +18,7 @@ from packing.demand import UnplaceableModels
 from packing.planner import plan_servers
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions
-from store import StoreError
+from store import StoreError, file_sha256
 
 EXIT_BAD_INPUT = 2
 
@@ -84,14 +84,6 @@ def run_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def measured_profiles(uri: str, model_ids: List[str]) -> Tuple[Dict[str, Dict[str, Profile]], str]:
     """The store's measured profiles of these models, and a digest of the entries they came from
     (the plan's record of this input: the same entries give the same digest)."""
@@ -112,14 +104,14 @@ def run_plan(args: argparse.Namespace) -> int:
         catalogue = load(InstanceCatalogue, args.instances)
         models = load(ModelCatalogue, args.models).models
         reference = load(ReferenceProfiles, args.reference_profiles) if args.reference_profiles else None
-        inputs = {str(args.models): _sha256(args.models), str(args.instances): _sha256(args.instances)}
+        inputs = {str(args.models): file_sha256(args.models), str(args.instances): file_sha256(args.instances)}
         measured = None
         if args.store:
             status.update(f"reading measured profiles from {args.store}")
             measured, inputs[args.store] = measured_profiles(args.store, [m.id for m in models])
         profiles, sources = resolve_profiles(models, reference, measured)
         if args.reference_profiles:
-            inputs[str(args.reference_profiles)] = _sha256(args.reference_profiles)
+            inputs[str(args.reference_profiles)] = file_sha256(args.reference_profiles)
         opts = PackingOptions(
             max_utilization=args.max_utilization, max_device_memory_gib=args.max_device_memory_gib,
             memory_headroom=args.memory_headroom, min_replicas=args.min_replicas,
@@ -130,7 +122,7 @@ def run_plan(args: argparse.Namespace) -> int:
             from packing.replan import MoveBudget, replan
 
             previous = load(Plan, args.previous)
-            result = replan(previous, _sha256(args.previous), models, profiles, sources, catalogue, opts,
+            result = replan(previous, file_sha256(args.previous), models, profiles, sources, catalogue, opts,
                             MoveBudget(args.move_cost, args.max_moves), inputs, progress=lambda msg: status.update(msg))
         elif args.move_cost is not None or args.max_moves is not None:
             raise ValueError("--move-cost and --max-moves need --previous (the plan to re-plan from)")
