@@ -17,7 +17,7 @@ from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, in
 from packing.knapsack import quiet_banner
 from packing.loads import ModelLoad, PodLoad
 from packing.queueing import predicted_p90_ms
-from packing.repair import Solved, ffd_nodes, from_baseline, improve
+from packing.repair import Solved, ffd_nodes, from_baseline, improve, tighten_plan
 from packing.resources import NodeShape, PackingOptions, node_shapes
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
@@ -32,6 +32,10 @@ SMALL_INTEGER_MASTER_UP_TO = 300
 COLUMN_GENERATION_SHARE = 0.45
 ROUNDING_SHARE = 0.8
 REHOME_SHARE = 0.85
+# Of the whole time limit: the solver, then the re-plan of part-empty nodes; emptying part-filled
+# servers into the others' room has the rest.
+SOLVE_SHARE = 0.9
+IMPROVE_SHARE = 0.95
 
 
 @dataclass
@@ -156,8 +160,9 @@ def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: 
          say: Callable[[str], None]) -> Solved:
     """The solver, the re-plan of part-empty nodes and first-fit decreasing, cheapest kept; `dem`
     over undominated `shapes`. Also packs a re-plan's new and displaced models (packing/replan.py)."""
-    solved = solve(dem, shapes, opts, start + 0.9 * (deadline - start), say)
-    solved = improve(solved, dem, shapes, opts, deadline, say, solve)
+    solved = solve(dem, shapes, opts, start + SOLVE_SHARE * (deadline - start), say)
+    solved = improve(solved, dem, shapes, opts, start + IMPROVE_SHARE * (deadline - start), say, solve)
+    solved = tighten_plan(solved, dem, shapes, opts, deadline, say)
     # First-fit decreasing is fast and, on some catalogues, better than a column generation
     # that ran out of time: the plan is never dearer than it.
     ffd = first_fit_decreasing_by_price(dem, shapes, opts, platform=0.0)

@@ -1,5 +1,6 @@
-"""Second looks at a plan: nodes that rounding left part-empty are re-planned, and first-fit
-decreasing stands in wherever it packs cheaper."""
+"""Second looks at a plan: nodes that rounding left part-empty are re-planned, part-filled
+servers are emptied into the others' free room, and first-fit decreasing stands in wherever it
+packs cheaper."""
 from __future__ import annotations
 
 import time
@@ -11,6 +12,7 @@ import numpy as np
 from packing.assemble import BuiltServer, place_on_nodes
 from packing.baselines import BaselineResult
 from packing.demand import Demand
+from packing.fleet import Fleet, tighten
 from packing.resources import NodeShape, PackingOptions
 
 
@@ -111,6 +113,32 @@ def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: Pack
     for t, n in sub.nodes.items():
         used[t] = used.get(t, 0) + n
     return Solved(keep + sub.built, used, solved.lower, solved.info)
+
+
+def tighten_plan(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
+                 say: Callable[[str], None]) -> Solved:
+    """Empty part-filled servers into the others' free room (`fleet.tighten`), then keep the
+    cheaper of the nodes as they are (emptied ones dropped) and a fresh placement of the pods.
+    The room is real: patterns were priced at each class's largest member."""
+    fleet = Fleet.of_plan(solved.built, dem, opts)
+    emptied = tighten(fleet, deadline)
+    info = {**solved.info, "servers_emptied": emptied}
+    if not emptied:
+        return Solved(solved.built, solved.nodes, solved.lower, info)
+    renumber, kept = fleet.pool.compact()
+    live = [s for s in fleet.servers if s.models]
+    held = [[(renumber[s.shape, n], d) for n, d in s.placements] for s in live]
+    for s in live:
+        s.placements = []
+    fresh = place_on_nodes(live, shapes, spread=opts.min_replicas)
+    price = lambda nodes: sum(shapes[t].price * n for t, n in nodes.items())  # noqa: E731
+    if price(kept) < price(fresh) - 1e-9:
+        for s, places in zip(live, held, strict=True):
+            s.placements = places
+        fresh = kept
+    say(f"emptied {emptied} part-filled servers into the others' room: "
+        f"${price(solved.nodes):.3f}/h -> ${price(fresh):.3f}/h")
+    return Solved(live, fresh, solved.lower, info)
 
 
 def from_baseline(result: BaselineResult, dem: Demand) -> List[BuiltServer]:

@@ -21,8 +21,8 @@ import copy
 import math
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from packing.classes import build_classes
 from packing.demand import TOLERANCE, Demand, build_demand
 from packing.diff import plan_diff
 from packing.dominance import undominated
+from packing.fleet import Fleet
 from packing.formulation import fluid_relaxation
 from packing.knapsack import quiet_banner
 from packing.nodes import NodePool
@@ -106,103 +107,6 @@ def id_high_water(previous: Plan) -> Dict[str, int]:
         if match:
             high[match[1]] = max(high.get(match[1], -1), int(match[2]))
     return high
-
-
-# -- the fleet being re-planned ---------------------------------------------------------------------
-
-@dataclass
-class Fleet:
-    """Servers (carried ones first, with their ids), their pods' nodes, and pods still to place."""
-
-    dem: Demand
-    opts: PackingOptions
-    servers: List[BuiltServer] = field(default_factory=list)
-    ids: List[Optional[str]] = field(default_factory=list)  # None: a new server
-    changed: Set[int] = field(default_factory=set)  # carried servers whose model set changed
-    pool: NodePool = None  # type: ignore[assignment]
-    unplaced: Dict[int, int] = field(default_factory=dict)  # server -> pods still to place
-
-    def host_per_pod(self, models: Sequence[int], t: int) -> float:
-        return self.dem.shapes[t].pod_base_mib + float(self.dem.h[list(models), t].sum())
-
-    def cost(self) -> float:
-        _, counts = self.pool.compact()
-        return sum(self.dem.shapes[t].price * n for t, n in counts.items())
-
-    def moved_models(self, keys: Sequence[int]) -> int:
-        """Models on these servers that were somewhere before (new models do not count as moves)."""
-        return sum(len(self.servers[k].models) for k in keys if self.ids[k] is not None)
-
-    # Room on carried servers: first fit into what is already paid for.
-    def fill_slack(self, pending: Sequence[int]) -> List[int]:
-        """Put pending models on existing servers where memory, utilisation at the server's
-        replicas and host memory (the pod's and each of its nodes') allow; the rest is returned."""
-        dem, cap_u = self.dem, self.opts.max_utilization
-        if not self.servers or not pending:
-            return list(pending)
-        shape = np.array([s.shape for s in self.servers])
-        replicas = np.array([max(s.replicas, 1) for s in self.servers], float)
-        alive = np.array([bool(s.models) for s in self.servers])  # dissolved servers take nothing
-        mem = np.array([float(dem.d[s.models, s.shape].sum()) for s in self.servers])
-        load = np.array([float(dem.u[s.models, s.shape].sum()) for s in self.servers])
-        host = np.array([s.host_per_pod for s in self.servers])
-        mem_cap = np.array([dem.shapes[t].device_memory_cap_mib for t in shape]) * (1 + TOLERANCE)
-        host_cap = np.array([dem.shapes[t].host_alloc_mib for t in shape]) * (1 + TOLERANCE)
-        rest = []
-        order = sorted(pending, key=lambda m: -float(dem.d[m, dem.eligible[m]].max()))
-        for m in order:
-            d, u, h = dem.d[m, shape], dem.u[m, shape], dem.h[m, shape]
-            ok = alive & dem.eligible[m, shape] & (mem + d <= mem_cap) & ((load + u) / replicas <= cap_u * (1 + TOLERANCE))
-            ok &= host + h <= host_cap
-            # Servers already restarting first, then the fullest (best fit by memory).
-            candidates = sorted(np.flatnonzero(ok).tolist(),
-                                key=lambda k: (k not in self.changed, (mem_cap[k] - mem[k] - d[k]) / mem_cap[k], k))
-            for k in candidates:
-                s = self.servers[k]
-                if all(self.pool.host_room(s.shape, n) >= h[k] for n, _ in s.placements):
-                    for n, _ in s.placements:
-                        self.pool.grow(s.shape, n, float(h[k]))
-                    s.models.append(m)
-                    mem[k] += d[k]
-                    load[k] += u[k]
-                    host[k] += h[k]
-                    s.host_per_pod = float(host[k])
-                    if self.ids[k] is not None:
-                        self.changed.add(k)
-                    break
-            else:
-                rest.append(m)
-        return rest
-
-    def add_new(self, built: Sequence[BuiltServer]) -> None:
-        for s in built:
-            s.placements = []
-            self.servers.append(s)
-            self.ids.append(None)
-            self.unplaced[len(self.servers) - 1] = s.replicas
-
-    def place_pending_pods(self) -> None:
-        for k in sorted(self.unplaced):
-            s = self.servers[k]
-            for _ in range(self.unplaced[k]):
-                here = {n for n, _ in s.placements}
-                s.placements.append(self.pool.place(s.shape, k, s.host_per_pod, here,
-                                                    must_be_apart=len(s.placements) < self.opts.min_replicas))
-        self.unplaced = {}
-
-    def dissolve(self, keys: Sequence[int]) -> List[int]:
-        """Take servers out (their pods leave their nodes); their models are returned."""
-        models: List[int] = []
-        for k in sorted(keys):
-            s = self.servers[k]
-            for n, d in s.placements:
-                node = self.pool.nodes[s.shape][n]
-                del node.devices[d]
-                node.host_used -= s.host_per_pod
-            models.extend(s.models)
-            s.models, s.placements, s.replicas = [], [], 0
-            self.unplaced.pop(k, None)
-        return models
 
 
 def carry(previous: Plan, dem: Demand, opts: PackingOptions) -> Tuple[Fleet, List[int]]:
