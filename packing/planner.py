@@ -29,9 +29,9 @@ EXACT_NODES_PER_TYPE = 12
 SMALL_INTEGER_MASTER_UP_TO = 300
 # Shares of the solve budget at which column generation, iterated rounding and the choice of
 # instance sizes must end (the rest: assembly, the re-plan of part-empty nodes, first-fit).
-COLUMN_GENERATION_SHARE = 0.45
-ROUNDING_SHARE = 0.8
-REHOME_SHARE = 0.85
+COLUMN_GENERATION_SHARE = 0.7
+ROUNDING_SHARE = 0.88
+REHOME_SHARE = 0.92
 # Of the whole time limit: the solver, then the re-plan of part-empty nodes; emptying part-filled
 # servers into the others' room has the rest.
 SOLVE_SHARE = 0.9
