@@ -5,7 +5,8 @@ Everything runs on loopback against one TorchScript artifact, the real MiniLM-L6
 
 - overhead: the server's P50 at one client (POST /predictions with one text, and the KServe v2 binary path with
   input_ids) against the raw forward in this process (the same model.pt through torch.jit.load, one intra-op thread,
-  the same padded input, batch 1), and against raw tokenize + forward; blocks of each alternate, back to back;
+  batch 1, the input cut where the server cuts it: the longest row rounded up to a multiple of 8), and against raw
+  tokenize + forward; blocks of each alternate, back to back;
 - batching: throughput and P90 at 16 concurrent clients with dynamic batching (MAX_BATCH_SIZE 8) and without
   (MAX_BATCH_SIZE 1), servers alive side by side and measured in alternating rounds;
 - peer: TorchServe 0.12.0 (its own virtual environment, .venv-torchserve) serving the same model.pt through a small
@@ -189,9 +190,11 @@ class Raw:
     def __init__(self, model_id: str = MAIN) -> None:
         import torch
 
+        from serving.repository import served_length
         from serving.text import TextEncoder
 
         torch.set_num_threads(1)
+        self.served_length = served_length
         self.torch = torch
         folder = bundle_dir(model_id)
         self.module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
@@ -201,6 +204,15 @@ class Raw:
         self.tokens = int(mask.sum())
         for _ in range(5):
             self.forward()
+            self.served_forward()
+
+    def as_served(self, ids: np.ndarray, mask: np.ndarray) -> Any:
+        """The forward the server runs: cut where serving/repository.py cuts a batch."""
+        length = self.served_length(mask, SEQ)
+        return self.forward(np.ascontiguousarray(ids[:, :length]), np.ascontiguousarray(mask[:, :length]))
+
+    def served_forward(self) -> Any:
+        return self.as_served(self.ids, self.mask)
 
     def forward(self, ids: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None) -> Any:
         ids = self.ids if ids is None else ids
@@ -210,7 +222,7 @@ class Raw:
 
     def tokenize_forward(self) -> Any:
         ids, mask, _ = self.encoder.encode([TEXT])
-        return self.forward(ids, mask)
+        return self.as_served(ids, mask)
 
     def time(self, fn: Any, n: int, gap_s: float = 0.0005) -> List[float]:
         """Latencies of n calls, with a short sleep between calls as a client's round trip leaves between requests (on
@@ -459,7 +471,7 @@ def phase_overhead(server: Server, raw: Raw, rounds: int, n: int) -> Dict[str, A
         this = {}
         for kind in kinds:
             if kind.startswith("raw"):
-                fn = raw.forward if kind == "raw_forward" else raw.tokenize_forward
+                fn = raw.served_forward if kind == "raw_forward" else raw.tokenize_forward
                 c0 = time.thread_time()
                 lat = raw.time(fn, n)
                 cpu[kind][0] += time.thread_time() - c0

@@ -1,6 +1,7 @@
 """TorchServe handler for the serving benchmark's peer run: the same TorchScript bundle (model.pt with its pooling
 head inside), tokenised with `tokenizers` from the bundle's tokenizer.json, padded and truncated to the traced
-length exactly as modelfleet's server does, one intra-op thread per worker. Input: the /predictions JSON body
+length and then cut to the batch's longest row (rounded up to 8) exactly as modelfleet's server does, one intra-op
+thread per worker. Input: the /predictions JSON body
 {"inputs": "a text"} (or a list); output per request: {"embeddings": [[...]]}. Runs inside TorchServe's worker
 (its own virtual environment), so it imports only torch, tokenizers and the standard library.
 """
@@ -9,6 +10,8 @@ import os
 
 import torch
 from tokenizers import Tokenizer
+
+TRIM = 8  # serving/repository.TRIM_MULTIPLE
 
 
 class EmbeddingHandler:
@@ -53,6 +56,10 @@ class EmbeddingHandler:
         encodings = self.tokenizer.encode_batch(texts)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64)
+        # serving/repository.served_length's rule, restated: this file runs in TorchServe's own environment.
+        longest = int(mask.sum(dim=1).max())
+        length = min(self.seq, max(TRIM, -(-longest // TRIM) * TRIM))
+        ids, mask = ids[:, :length].contiguous(), mask[:, :length].contiguous()
         with torch.no_grad():
             out = self.model(ids, mask)
         out = out[0] if isinstance(out, (tuple, list)) else out

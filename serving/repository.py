@@ -47,6 +47,13 @@ TRIM_MULTIPLE = 8
 NO_ANSWER_LOGIT = -1e4
 
 
+def served_length(mask: np.ndarray, sequence_length: int) -> int:
+    """How far a batch runs on a cpu or gpu artifact: its longest row, rounded up to TRIM_MULTIPLE,
+    at most the traced length."""
+    longest = int(mask.sum(axis=1).max()) if mask.size else 0
+    return min(sequence_length, max(TRIM_MULTIPLE, -(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE))
+
+
 class LoadedArtifact:
     """One traced bundle in memory, shared by every model id whose entry names its digest."""
 
@@ -88,8 +95,7 @@ class LoadedArtifact:
         TRIM_MULTIPLE), since attention costs grow with the padded length, not the text's. Padding
         positions are masked, so real tokens' outputs do not change; per-token outputs (QA logits)
         are padded back to the traced length with a score no answer can take."""
-        longest = int(mask.sum(axis=1).max()) if mask.size else 0
-        length = min(self.sequence_length, max(TRIM_MULTIPLE, -(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE))
+        length = served_length(mask, self.sequence_length)
         outputs = self._run(ids[:, :length], mask[:, :length])
         if length == ids.shape[1] or self.task != "question-answering":
             return outputs

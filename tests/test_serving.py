@@ -436,6 +436,15 @@ def test_serving_runs_on_python_310():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.parametrize(("rows", "length"), [([1], 8), ([8], 8), ([9, 3], 16), ([0, 0], 8), ([127], 128), ([128, 5], 128)])
+def test_a_batch_runs_to_its_longest_row_rounded_up_to_eight(rows, length):
+    from serving.repository import served_length
+
+    mask = np.array([[1] * n + [0] * (128 - n) for n in rows], dtype=np.int64)
+    assert served_length(mask, 128) == length
+    assert served_length(mask[:, :16], 16) == min(length, 16)
+
+
 @pytest.mark.parametrize("model_id", ["minilm", "tiny-qa", "tiny-cls"])
 def test_trimming_to_the_longest_row_changes_no_output(serving_store, model_id):
     """cpu artifacts run only up to a batch's longest row; every output must equal the full-length run's
