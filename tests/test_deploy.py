@@ -195,8 +195,16 @@ def test_models_missing_from_the_store_are_refused_before_anything_starts(store:
 def test_ctrl_c_during_start_stops_everything(store: Dict[str, Any], tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan.json", make_plan({"cpu-0000": ["tiny-a"], "cpu-0001": ["tiny-b"]}))
     state_dir = tmp_path / "state"
+    # Tiny models load in a second or two, so on a quiet machine both servers could be ready before
+    # the interrupt lands. The server processes (they alone have SERVER_ID set) first wait here,
+    # so it always lands during the start.
+    slow = tmp_path / "slow-start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import os, time\nif os.environ.get('SERVER_ID'):\n    time.sleep(30)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "deploy", "--plan", str(plan), "--store", store["uri"], "--state-dir",
-                             str(state_dir), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(state_dir), "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         state = wait_for(lambda: (s := _try_state(state_dir)) and len(s["servers"]) == 2 and s, 60, "both servers to be started")
         proc.send_signal(signal.SIGINT)
