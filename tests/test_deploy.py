@@ -202,9 +202,11 @@ def test_ctrl_c_during_start_stops_everything(store: Dict[str, Any], tmp_path: P
     slow.mkdir()
     (slow / "sitecustomize.py").write_text("import os, time\nif os.environ.get('SERVER_ID'):\n    time.sleep(30)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))}
+    # A suite run as a background job (`make test &`, nohup) inherits SIGINT ignored, and Python then
+    # keeps ignoring it; a terminal's Ctrl-C reaches a process whose SIGINT is at its default.
     proc = subprocess.Popen([sys.executable, "-m", "deploy", "--plan", str(plan), "--store", store["uri"], "--state-dir",
                              str(state_dir), "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         state = wait_for(lambda: (s := _try_state(state_dir)) and len(s["servers"]) == 2 and s, 60, "both servers to be started")
         proc.send_signal(signal.SIGINT)
