@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from packing.demand import TOLERANCE, Demand
-from packing.resources import NodeShape, PackingOptions
+from packing.resources import NodeShape, PackingOptions, nodes_price
 
 NEG = -math.inf
 
@@ -236,7 +236,7 @@ def first_fit_decreasing_by_price(demand: Demand, shapes: Sequence[NodeShape], o
         refresh(st, g)
 
     nodes = {t: len(st.node_slots) for t, st in state.items()}
-    cost = sum(shapes[t].price * c for t, c in nodes.items()) + platform
+    cost = nodes_price(nodes, shapes) + platform
     return BaselineResult("ffd-by-price", _instances(shapes, nodes), round(cost, 6), time.perf_counter() - start,
                           pods=sum(s.replicas for s in servers), servers=servers)
 

@@ -23,7 +23,7 @@ import numpy as np
 from packing.assemble import BuiltServer
 from packing.demand import TOLERANCE, Demand
 from packing.nodes import NodePool
-from packing.resources import PackingOptions
+from packing.resources import PackingOptions, nodes_price
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Fleet:
 
     def cost(self) -> float:
         _, counts = self.pool.compact()
-        return sum(self.dem.shapes[t].price * n for t, n in counts.items())
+        return nodes_price(counts, self.dem.shapes)
 
     def moved_models(self, keys: Sequence[int]) -> int:
         """Models on these servers that were somewhere before (new models do not count as moves)."""

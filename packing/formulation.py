@@ -19,7 +19,7 @@ import pulp
 
 from packing.classes import Classes
 from packing.colgen import BIG_POD_SPLITS, Pattern
-from packing.resources import NodeShape
+from packing.resources import NodeShape, nodes_price
 
 
 @dataclass
@@ -72,7 +72,7 @@ def integer_master(
     status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time limit (best found)"
     chosen = {j: int(round(v.varValue or 0)) for j, v in servers.items() if (v.varValue or 0) > 0.5}
     n_nodes = {t: int(round(v.varValue or 0)) for t, v in nodes.items() if (v.varValue or 0) > 0.5}
-    cost = sum(shapes[t].price * n for t, n in n_nodes.items())
+    cost = nodes_price(n_nodes, shapes)
     return IntegerSolution(chosen, n_nodes, cost, status == "optimal", status)
 
 

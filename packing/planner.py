@@ -18,7 +18,7 @@ from packing.knapsack import quiet_banner
 from packing.loads import ModelLoad, PodLoad
 from packing.queueing import predicted_p90_ms
 from packing.repair import Solved, ffd_nodes, from_baseline, improve, tighten_plan
-from packing.resources import NodeShape, PackingOptions, node_shapes
+from packing.resources import NodeShape, PackingOptions, node_shapes, nodes_price
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
 EXACT_CLASSES_UP_TO = 60
@@ -123,7 +123,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
     built = fill_servers(chosen, cg.patterns, cls, dem)
     nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
-    placed = sum(shapes[t].price * n for t, n in nodes.items())
+    placed = nodes_price(nodes, shapes)
     if not exact and n <= SMALL_INTEGER_MASTER_UP_TO and time.perf_counter() < deadline - 1.0:
         # Small problems: the integer master over every generated column sometimes rounds better
         # than iterated rounding; keep whichever packs cheaper.
@@ -132,7 +132,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         ip = integer_master(subset, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
         other = fill_servers(ip.servers, subset, cls, dem)
         other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
-        other_cost = sum(shapes[t].price * n for t, n in other_nodes.items())
+        other_cost = nodes_price(other_nodes, shapes)
         if other_cost < placed - 1e-9:
             built, nodes, placed = other, other_nodes, other_cost
     if exact and placed > ip.cost + 1e-9:
@@ -166,7 +166,7 @@ def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: 
     # First-fit decreasing is fast and, on some catalogues, better than a column generation
     # that ran out of time: the plan is never dearer than it.
     ffd = first_fit_decreasing_by_price(dem, shapes, opts, platform=0.0)
-    ours = sum(shapes[t].price * n for t, n in solved.nodes.items())
+    ours = nodes_price(solved.nodes, shapes)
     if ffd.cost_per_hour < ours - 1e-9:
         say(f"first-fit decreasing beats the rounded LP: ${ffd.cost_per_hour:.3f}/h against ${ours:.3f}/h")
         solved = Solved(from_baseline(ffd, dem), dict(ffd_nodes(ffd)), solved.lower, {**solved.info, "integer": "first-fit decreasing"})
@@ -209,7 +209,7 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
 
     platform = float(sum(catalogue.platform.values()))
     instances = {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
-    cost = sum(shapes[t].price * n for t, n in nodes.items()) + platform
+    cost = nodes_price(nodes, shapes) + platform
     bound = min(lower + platform, cost)
 
     servers_json, pods = [], []

@@ -13,7 +13,7 @@ from packing.assemble import BuiltServer, place_on_nodes
 from packing.baselines import BaselineResult
 from packing.demand import Demand
 from packing.fleet import Fleet, tighten
-from packing.resources import NodeShape, PackingOptions
+from packing.resources import NodeShape, PackingOptions, nodes_price
 
 
 @dataclass
@@ -87,10 +87,9 @@ def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: Pack
     sub = solve(part, shapes, opts, deadline, lambda _m: None)
     for t in range(len(shapes)):
         other = first_fit_on(part, t, opts)
-        if other is not None and sum(shapes[u].price * n for u, n in other.nodes.items()) < \
-                sum(shapes[u].price * n for u, n in sub.nodes.items()):
+        if other is not None and nodes_price(other.nodes, shapes) < nodes_price(sub.nodes, shapes):
             sub = other
-    new_cost = sum(shapes[t].price * n for t, n in sub.nodes.items())
+    new_cost = nodes_price(sub.nodes, shapes)
     if new_cost >= old_cost - 1e-9:
         return solved
     say(f"re-planned {len(models)} models from part-empty nodes: ${old_cost:.3f}/h -> ${new_cost:.3f}/h")
@@ -131,13 +130,12 @@ def tighten_plan(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts:
     for s in live:
         s.placements = []
     fresh = place_on_nodes(live, shapes, spread=opts.min_replicas)
-    price = lambda nodes: sum(shapes[t].price * n for t, n in nodes.items())  # noqa: E731
-    if price(kept) < price(fresh) - 1e-9:
+    if nodes_price(kept, shapes) < nodes_price(fresh, shapes) - 1e-9:
         for s, places in zip(live, held, strict=True):
             s.placements = places
         fresh = kept
     say(f"emptied {emptied} part-filled servers into the others' room: "
-        f"${price(solved.nodes):.3f}/h -> ${price(fresh):.3f}/h")
+        f"${nodes_price(solved.nodes, shapes):.3f}/h -> ${nodes_price(fresh, shapes):.3f}/h")
     return Solved(live, fresh, solved.lower, info)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from contracts import InstanceCatalogue, InstanceType
 
@@ -61,6 +61,11 @@ class PackingOptions:
     min_replicas: int = 1
     only_instance_types: Optional[Tuple[str, ...]] = None
     time_limit_s: float = 60.0
+
+
+def nodes_price(nodes: Mapping[int, int], shapes: Sequence[NodeShape]) -> float:
+    """$/h of whole nodes, given as {shape index: count}."""
+    return sum(shapes[t].price * n for t, n in nodes.items())
 
 
 class UnusableInstanceType(ValueError):
