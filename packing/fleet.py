@@ -170,6 +170,10 @@ class Room:
             self.load[k] += dem.u[m, t]
             self.host[k] += dem.h[m, t]
 
+    def fill(self) -> np.ndarray:
+        """How full each server's pods are: the larger of model memory and utilisation, of their caps."""
+        return np.maximum(self.mem / self.mem_cap, self.load / self.replicas / self.load_cap)
+
     def close(self, keys: Sequence[int]) -> None:
         """These servers take no more models."""
         self.alive[list(keys)] = False
@@ -180,13 +184,6 @@ class Room:
         return self.fleet.dissolve([k])
 
 
-def fill(s: BuiltServer, dem: Demand) -> float:
-    """How full a server's pods are: the larger of model memory and utilisation, of their caps."""
-    shape = dem.shapes[s.shape]
-    return max(float(dem.d[s.models, s.shape].sum()) / shape.device_memory_cap_mib,
-               float(dem.u[s.models, s.shape].sum()) / max(s.replicas, 1) / shape.utilisation_cap)
-
-
 def tighten(fleet: Fleet, deadline: float) -> int:
     """Empty servers into the others' free room, emptiest first, while time lasts; a server is
     emptied only when every one of its models fits elsewhere. A hot model's own server (the
@@ -194,10 +191,10 @@ def tighten(fleet: Fleet, deadline: float) -> int:
     number of servers emptied."""
     room = Room(fleet)
     dem = fleet.dem
+    fills = room.fill()
     hot = {k for k, s in enumerate(fleet.servers) if s.models and bool(dem.hot[s.models, s.shape].any())}
     room.close(sorted(hot))
-    order = sorted((k for k, s in enumerate(fleet.servers) if s.models and k not in hot),
-                   key=lambda k: (fill(fleet.servers[k], dem), k))
+    order = sorted((k for k, s in enumerate(fleet.servers) if s.models and k not in hot), key=lambda k: (fills[k], k))
     emptied = 0
     for k in order:
         if time.perf_counter() > deadline:
