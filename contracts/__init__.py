@@ -23,6 +23,7 @@ from contracts.models import (
     Resources,
     Routes,
     Server,
+    ServerBase,
     StoreEntry,
     check_dns_label,
     check_sha256,
@@ -32,6 +33,6 @@ __all__ = [
     "PROCESSORS", "Accelerator", "ArtifactFile", "BundleManifest", "Check", "ContractError",
     "InstanceCatalogue", "InstanceType", "LatencyPoint", "ModelCatalogue", "ModelSpec", "Placement", "Plan",
     "Predicted", "PreviousPlan", "Processor", "Profile", "ReferenceProfile", "ReferenceProfiles", "Requests",
-    "Resources", "Routes", "Server", "StoreEntry", "check_dns_label", "check_sha256", "load", "parse", "parse_json",
+    "Resources", "Routes", "Server", "ServerBase", "StoreEntry", "check_dns_label", "check_sha256", "load", "parse", "parse_json",
     "read_data", "write_atomic", "write_json_atomic",
 ]

@@ -131,6 +131,16 @@ class Resources(Contract):
     memory_mib: float = Field(default=0, ge=0)
 
 
+class ServerBase(Resources):
+    """The server process besides its models, and its own work per request."""
+
+    request_cpu_ms: float = Field(
+        default=0, ge=0,
+        description="CPU time the server spends per request besides the model's forward (HTTP, JSON, tokenising); "
+                    "on cpu pods it runs on the cores that serve the model, so the latency model adds it to the service time",
+    )
+
+
 class InstanceType(Contract):
     name: str
     processor: Processor
@@ -155,8 +165,13 @@ class InstanceCatalogue(Contract):
     instances: List[InstanceType] = Field(min_length=1)
     cpu_slice_vcpu: int = Field(default=2, ge=1)
     daemonset_overhead: Resources = Field(default_factory=Resources)
-    server_base: Resources = Field(default_factory=Resources)
+    server_base: ServerBase = Field(default_factory=ServerBase)
     platform: Dict[str, float] = Field(default_factory=dict)
+    vm_memory_overhead: float = Field(
+        default=0.075, ge=0, lt=1,
+        description="share of nominal memory the kubelet does not report as capacity (Karpenter's default 7.5%)",
+    )
+    cpu_reserve_m: float = Field(default=0, ge=0, description="CPU per node kept for DaemonSets an organisation adds")
 
     @model_validator(mode="after")
     def _consistent(self) -> InstanceCatalogue:
@@ -216,6 +231,10 @@ class Server(Contract):
     models: List[str] = Field(min_length=1)
     requests: Requests
     memory_budget_mib: int = Field(ge=0)
+    slo_p90_ms: Optional[float] = Field(default=None, gt=0, description="the strictest SLO among its models")
+    utilisation_cap: Optional[float] = Field(
+        default=None, gt=0, description="per-pod utilisation at which the predicted P90 reaches slo_p90_ms, "
+                                        "never above --max-utilization")
     predicted: Predicted
 
     _id = field_validator("id")(check_dns_1035_label)
