@@ -5,10 +5,10 @@ Definitions (the report states them too):
 - **Percentile**: nearest rank over ALL requests of a measurement, pooled. The q-th percentile of n
   latencies sorted ascending is the value at rank ceil(q * n) (1-based; rank 1 for q = 0): a latency
   that was actually observed, such that at least a fraction q of the requests took no longer. It is
-  the definition tracing uses for the profiles the plan is built from (tracing/measure.py), so
-  measured and predicted P90s compare like with like. Percentiles of several clients or windows are
-  never averaged: averaging per-client P90s is not the P90 of the requests (see
-  tests/test_loadtest.py for a sample where the two differ).
+  the definition tracing uses for the profiles the plan is built from, one function for both
+  (contracts/measures.py), so measured and predicted P90s compare like with like. Percentiles of
+  several clients or windows are never averaged: averaging per-client P90s is not the P90 of the
+  requests (see tests/test_loadtest.py for a sample where the two differ).
 - **Latency** of a request: from the moment it was due to be sent (open loop: its scheduled arrival;
   closed loop: when the client issued it) to the end of its response body. Open loop measures from
   the schedule, so a client that falls behind cannot hide queueing ("coordinated omission"); the lag
@@ -25,6 +25,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from contracts.measures import percentile  # the one nearest-rank definition (tracing profiles with it too)
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -53,17 +55,6 @@ class Sample:
     @property
     def outcome(self) -> str:
         return self.error if self.error is not None else str(self.status)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of `values` (any order): the value at rank ceil(q * n) of the sorted values."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must be in [0, 1], got {q}")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered) - 1e-9))  # the tolerance keeps 0.9 * 10 at rank 9, not 10
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def percentiles(values: Sequence[float], quantiles: Iterable[float] = QUANTILES) -> Dict[str, float]:

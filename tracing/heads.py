@@ -3,15 +3,9 @@ names them (ARCHITECTURE.md, "Serving API"). transformers models return dicts by
 tracing cannot save; these call them with return_dict=False and shape the task's outputs."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 import torch
 
-OUTPUT_NAMES: Dict[str, Tuple[str, ...]] = {
-    "feature-extraction": ("embedding",),
-    "sequence-classification": ("logits",),
-    "question-answering": ("start_logits", "end_logits"),
-}
+from contracts.tasks import FEATURE_EXTRACTION, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION
 
 
 def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_id: int) -> torch.Tensor:
@@ -35,12 +29,13 @@ class TaskHead(torch.nn.Module):
         if self.uses_segments:
             kwargs["token_type_ids"] = segment_ids(input_ids, attention_mask, self.sep_id)
         out = self.model(**kwargs)
-        if self.task == "feature-extraction":
+        # One tensor per output of contracts/tasks.py's OUTPUT_NAMES, in its order.
+        if self.task == FEATURE_EXTRACTION:
             # The attention-mask mean of the last hidden state, in fp32 whatever ran inside.
             hidden = out[0].float()
             weight = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1e-9)
-        if self.task == "sequence-classification":
+        if self.task == SEQUENCE_CLASSIFICATION:
             return out[0].float()
         return out[0].float(), out[1].float()
 
@@ -56,12 +51,7 @@ def task_head(loaded) -> TaskHead:
 def task_of(model: torch.nn.Module) -> str:
     name = type(model).__name__
     if name.endswith("ForSequenceClassification"):
-        return "sequence-classification"
+        return SEQUENCE_CLASSIFICATION
     if name.endswith("ForQuestionAnswering"):
-        return "question-answering"
-    return "feature-extraction"
-
-
-def as_outputs(task: str, result) -> List[torch.Tensor]:
-    """A module's result as the list of its named outputs, in OUTPUT_NAMES order."""
-    return list(result) if isinstance(result, (tuple, list)) else [result]
+        return QUESTION_ANSWERING
+    return FEATURE_EXTRACTION

@@ -7,25 +7,14 @@ eager model or tracer state is resident. Runs inside the Neuron images too: Pyth
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
 import warnings
 from typing import Any, Dict, List
 
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def percentile(samples: List[float], q: float) -> float:
-    """Nearest-rank percentile: a value that was actually observed."""
-    ordered = sorted(samples)
-    rank = max(1, int(-(-q * len(ordered) // 1)))  # ceil(q * n), at least 1
-    return ordered[min(rank, len(ordered)) - 1]
+# The load test reports served percentiles, and the server charges its own memory, with these same two.
+from contracts.measures import percentile, resident_memory_mib
 
 
 def _timed(call, reps: int) -> List[float]:
@@ -67,7 +56,7 @@ def measure(req: Dict[str, Any]) -> Dict[str, Any]:
     ids, mask = check["input_ids"], check["attention_mask"]
     example = (ids[:1].to(device), mask[:1].to(device))
 
-    before = rss_mib()
+    before = resident_memory_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         device_before = torch.cuda.memory_allocated()
@@ -79,7 +68,7 @@ def measure(req: Dict[str, Any]) -> Dict[str, Any]:
     with torch.no_grad():
         for _ in range(req["warmup"]):
             module(*example)
-        host = rss_mib() - before
+        host = resident_memory_mib() - before
         device_mib = (torch.cuda.max_memory_allocated() - device_before) / 2**20 if device == "cuda" else None
 
         got: List[list] = [_outputs(module(ids[i:i + 1].to(device), mask[i:i + 1].to(device))) for i in range(len(ids))]

@@ -108,9 +108,10 @@ def trace_job(job: TraceJob, opts: TraceOptions, profile_opts, store, progress: 
 
     import torch
 
+    from contracts.tasks import OUTPUT_NAMES
     from store import publish_bundle, publish_entry
     from tracing.bundle import write_bundle
-    from tracing.heads import OUTPUT_NAMES, task_head
+    from tracing.heads import task_head
     from tracing.profile import CHECK_TEXTS, eager_outputs, encode, profile_bundle
     from tracing.sources import load_source
     from tracing.trace import trace_module
