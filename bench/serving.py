@@ -190,7 +190,7 @@ class Raw:
     def __init__(self, model_id: str = MAIN) -> None:
         import torch
 
-        from serving.repository import served_length
+        from serving.model import served_length
         from serving.text import TextEncoder
 
         torch.set_num_threads(1)

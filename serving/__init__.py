@@ -3,11 +3,13 @@ assigned model once, batches requests per model, and answers the reference desig
 the KServe v2 / Open Inference Protocol from one data plane.
 
     config.py      Settings from the command line or the pod contract's environment
-    repository.py  fetch, verify, load and warm up the assigned models; per-model state
+    repository.py  the assigned models' records and states (loading, ready, failed and why)
+    loader.py      start-up: read entries, the memory budget, fetch and sha256-verify bundles, backoff, load
+    model.py       one loaded artifact: its forward (trimmed or padded), per-task post-processing
     text.py        the bundle's own tokenizer (tokenizers only, no transformers)
     batcher.py     per-model dynamic batching on a bounded pool of inference threads
-    dataplane.py   the one data plane both protocols call: encode, infer, post-process per task
-    v1.py, v2.py   the two HTTP protocols
+    dataplane.py   the one data plane both protocols call: metadata, readiness, input rules, inference
+    v1.py, v2.py   the two HTTP protocols: decode a request, call the data plane, encode its answer
     body.py        raw request bodies within MAX_BODY_BYTES; request deadlines
     errors.py      the errors a request can meet, each with its HTTP status
     metrics.py     Prometheus metrics on the server's own registry

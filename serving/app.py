@@ -17,8 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving import v1, v2
 from serving.body import DEADLINE_KEY, drain, too_large
 from serving.config import Settings
-from serving.dataplane import DataPlane
+from serving.dataplane import SERVER_VERSION, DataPlane
 from serving.errors import ServingError, ShuttingDown
+from serving.loader import ModelLoader
 from serving.metrics import Metrics
 from serving.repository import FAILED, LOADING, READY, ModelRepository
 
@@ -34,38 +35,25 @@ INFERENCE_PATHS = (
 class ServerState:
     """What the probes, the middleware and the shutdown share."""
 
-    def __init__(self, settings: Settings, repository: ModelRepository, plane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, repository: ModelRepository, loader: ModelLoader, plane: DataPlane,
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.repository = repository
+        self.loader = loader
         self.plane = plane
         self.metrics = metrics
-        self.shutting_down = False
         self.inflight = 0  # inference requests being handled (queued or running included)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.plane.shutting_down
 
     def begin_shutdown(self) -> None:
         """Readiness false and new inference requests 503, at once; requests already in flight carry on."""
         if not self.shutting_down:
             log.info("shutting down: readiness is now false; %d request(s) in flight will finish", self.inflight)
-        self.shutting_down = True
         self.plane.shutting_down = True
-        self.repository.stop()
-
-    def readiness(self) -> Tuple[bool, Dict[str, Any]]:
-        """Ready once no model is loading and at least one serves (a failed model answers 503 with its reason and
-        is listed here, but does not take the server's other models out of service); never after SIGTERM."""
-        summary = self.repository.summary()
-        if self.shutting_down:
-            return False, {"status": "shutting down", "message": "the server is shutting down", **summary}
-        if summary["loading"]:
-            waiting = ", ".join(f"{m} ({why})" for m, why in list(summary["loading"].items())[:5])
-            return False, {"status": "loading", "message": f"{len(summary['loading'])} model(s) not loaded yet: {waiting}", **summary}
-        if not summary["ready_models"]:
-            return False, {"status": "failed", "message": "no model could be loaded: see failed for each model's reason", **summary}
-        if summary["failed"]:
-            failed = ", ".join(summary["failed"])
-            return True, {"status": "degraded", "message": f"{len(summary['failed'])} model(s) failed to load and answer 503: "
-                                                           f"{failed} (see failed for the reasons)", **summary}
-        return True, {"status": "ready", "message": f"all {len(summary['ready_models'])} model(s) ready", **summary}
+        self.loader.stop()
 
     def update_model_gauges(self) -> None:
         counts = self.repository.counts()
@@ -122,7 +110,7 @@ class ServingMiddleware:
         finally:
             state.inflight -= 1
             state.metrics.inflight.dec()
-            label = model_id if model_id in state.repository.records else "unknown"
+            label = model_id if model_id in state.repository else "unknown"
             state.metrics.request(label, protocol, status, time.monotonic() - started)
 
 
@@ -152,9 +140,10 @@ def create_app(settings: Settings) -> FastAPI:
     """The server's ASGI app. Its lifespan starts loading the models in the background and stops the batchers."""
     metrics = Metrics()
     holder: Dict[str, ServerState] = {}
-    repository = ModelRepository(settings, on_change=lambda: holder["state"].update_model_gauges())
+    repository = ModelRepository(settings.model_ids, on_change=lambda: holder["state"].update_model_gauges())
+    loader = ModelLoader(settings, repository)
     plane = DataPlane(settings, repository, metrics)
-    state = ServerState(settings, repository, plane, metrics)
+    state = ServerState(settings, repository, loader, plane, metrics)
     holder["state"] = state
 
     @contextlib.asynccontextmanager
@@ -164,14 +153,14 @@ def create_app(settings: Settings) -> FastAPI:
         log.info("server %s: %d model(s) from %s on %s; %d inference thread(s), batches of up to %d, memory budget %s",
                  settings.server_id, len(settings.model_ids), settings.store_uri, settings.processor, settings.workers,
                  settings.max_batch_size, settings.memory_budget_text)
-        repository.start()
+        loader.start()
         try:
             yield
         finally:
             state.begin_shutdown()
             await plane.stop()
 
-    app = FastAPI(title="modelfleet model server", version=v2.SERVER_VERSION, lifespan=lifespan, docs_url="/docs",
+    app = FastAPI(title="modelfleet model server", version=SERVER_VERSION, lifespan=lifespan, docs_url="/docs",
                   description="Serves the models assigned to this pod: /predictions (the reference design's API) and the "
                               "KServe v2 / Open Inference Protocol (with Triton's binary tensor extension).")
     app.state.serving = state
@@ -205,14 +194,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once loading is over and a model serves; 503 before, "
                                                   "and after SIGTERM")
     async def readyz() -> JSONResponse:
-        ok, body = state.readiness()
+        ok, body = plane.readiness()
         return JSONResponse({"ready": ok, **body}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["probes"], summary="Prometheus metrics")
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.include_router(v1.create_router(plane, settings))
-    app.include_router(v2.create_router(plane, settings, state.readiness))
+    app.include_router(v1.create_router(plane))
+    app.include_router(v2.create_router(plane))
     app.add_middleware(ServingMiddleware, state=state)
     return app

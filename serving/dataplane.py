@@ -1,29 +1,47 @@
-"""The one data plane both protocols call: resolve the model, encode texts or check tensors, submit to the model's
-batcher, and post-process per task (embeddings; labels and scores; answer spans)."""
+"""The one data plane both protocols call (KServe's DataPlane): server and model metadata, server and model
+readiness, the input rules of both protocols, and inference through each model's batcher.
+
+The protocol modules (v1.py, v2.py) decode a request, call one method here and encode its answer. A request
+resolves its model once (`ready_model`: 404 unknown, 503 not loaded), before its body is read, and passes the
+record on; the loaded artifact (serving/model.py) runs the forward and shapes the per-task answer.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from tokenizers import Encoding
 
+from contracts.tasks import OUTPUT_NAMES, QUESTION_ANSWERING
 from serving.batcher import Batcher
 from serving.config import Settings
 from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
 from serving.metrics import Metrics
-from serving.repository import FAILED, LOADING, LoadedArtifact, ModelRecord, ModelRepository, init_inference_thread
+from serving.model import LoadedArtifact, init_inference_thread
+from serving.repository import FAILED, LOADING, READY, ModelRecord, ModelRepository
 
 log = logging.getLogger("serving.dataplane")
 
-MAX_ANSWER_TOKENS = 30
+SERVER_NAME = "modelfleet"
+SERVER_VERSION = "0.1.0"
+MODEL_VERSION = "1"  # every model has one version: its entry names one artifact
 # Texts longer than this in all are tokenised off the event loop (tokenizers is thread-safe for encoding).
 INLINE_ENCODE_CHARS = 16384
-QA = "question-answering"
-CLASSIFY = "sequence-classification"
-EMBED = "feature-extraction"
+TOKEN_INPUTS = ("input_ids", "attention_mask")
+TEXT_INPUTS = ("text", "text_pair", "context")
+
+
+@dataclass
+class InferInput:
+    """One decoded v2 input tensor."""
+
+    name: str
+    datatype: str
+    shape: List[int]
+    value: Any  # np.ndarray (int64) of `shape`, or a flat list of str for BYTES
 
 
 class DataPlane:
@@ -49,101 +67,149 @@ class DataPlane:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
+    # ---- the server ----
+    def server_metadata(self) -> Dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"],
+                "server_id": self.settings.server_id}
+
+    def readiness(self) -> Tuple[bool, Dict[str, Any]]:
+        """Ready once no model is loading and at least one serves (a failed model answers 503 with its reason and
+        is listed here, but does not take the server's other models out of service); never after SIGTERM."""
+        summary = self.repository.summary()
+        if self.shutting_down:
+            return False, {"status": "shutting down", "message": "the server is shutting down", **summary}
+        if summary["loading"]:
+            waiting = ", ".join(f"{m} ({why})" for m, why in list(summary["loading"].items())[:5])
+            return False, {"status": "loading", "message": f"{len(summary['loading'])} model(s) not loaded yet: {waiting}", **summary}
+        if not summary["ready_models"]:
+            return False, {"status": "failed", "message": "no model could be loaded: see failed for each model's reason", **summary}
+        if summary["failed"]:
+            failed = ", ".join(summary["failed"])
+            return True, {"status": "degraded", "message": f"{len(summary['failed'])} model(s) failed to load and answer 503: "
+                                                           f"{failed} (see failed for the reasons)", **summary}
+        return True, {"status": "ready", "message": f"all {len(summary['ready_models'])} model(s) ready", **summary}
+
     # ---- models ----
-    def record(self, model_id: str) -> ModelRecord:
-        """The model's record; ModelNotFound when this server does not serve it."""
+    def record(self, model_id: str, version: Optional[str] = None) -> ModelRecord:
+        """The model's record, whatever its state; ModelNotFound when this server does not serve it (or not that version)."""
         record = self.repository.get(model_id)
         if record is None:
             ids = list(self.settings.model_ids)
             listed = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
             raise ModelNotFound(f"model {model_id!r} is not served here: server {self.settings.server_id} serves {listed} "
                                 "(check the model id, or the routes that sent the request here)")
+        if version is not None and version != MODEL_VERSION:
+            raise ModelNotFound(f"model {model_id} has no version {version!r}: it has only version {MODEL_VERSION}")
         return record
 
-    def ready_model(self, model_id: str) -> ModelRecord:
-        """The model's record if it can serve; ModelNotFound or ModelNotReady otherwise. (Shutting down does not
-        count here: requests that arrived before SIGTERM are served; the middleware turns away later ones.)"""
-        record = self.record(model_id)
+    def ready_model(self, model_id: str, version: Optional[str] = None) -> ModelRecord:
+        """The model's record if it can serve; ModelNotFound or ModelNotReady otherwise. The one readiness check of
+        an inference request. (Shutting down does not count here: requests that arrived before SIGTERM are served;
+        the middleware turns away later ones.)"""
+        record = self.record(model_id, version)
         if record.state == LOADING:
             raise ModelNotReady(f"model {model_id} is not loaded yet ({record.detail}): retry shortly")
         if record.state == FAILED:
             raise ModelNotReady(f"model {model_id} failed to load: {record.detail}")
         return record
 
-    def _batcher(self, record: ModelRecord) -> Batcher:
-        batcher = self._batchers.get(record.model_id)
-        if batcher is None:
-            artifact = record.artifact
-            assert artifact is not None and self._slots is not None and self._executor is not None
-            max_batch = artifact.fixed_batch or self.settings.max_batch_size
-            batcher = Batcher(record.model_id, artifact.forward, max_batch_size=max_batch,
-                              max_delay_ms=self.settings.max_delay_ms, queue_size=self.settings.queue_size,
-                              timeout_ms=self.settings.request_timeout_ms, slots=self._slots, executor=self._executor,
-                              workers=self.settings.workers, metrics=self.metrics)
-            self._batchers[record.model_id] = batcher
-        return batcher
+    def model_ready(self, model_id: str, version: Optional[str] = None) -> Tuple[bool, Optional[str]]:
+        """(ready, why not): a model is ready when loaded and the server is not shutting down."""
+        record = self.record(model_id, version)
+        if record.state == READY and not self.shutting_down:
+            return True, None
+        reason = "the server is shutting down" if self.shutting_down else f"{record.state}: {record.detail}"
+        return False, f"model {model_id} is not ready ({reason})"
 
+    def model_metadata(self, model_id: str, version: Optional[str] = None) -> Dict[str, Any]:
+        """The v2 model metadata, from the model's entry (known before the artifact loads)."""
+        record = self.record(model_id, version)
+        entry = record.entry
+        if entry is None:
+            raise ModelNotReady(f"model {model_id}'s entry has not been read yet ({record.detail}): retry shortly")
+        seq = entry.sequence_length
+        outputs = []
+        for name in OUTPUT_NAMES[entry.task]:
+            shape = list(entry.outputs.get(name, [0, 0]))
+            dims = [-1, -1] if entry.task == QUESTION_ANSWERING else [-1] + shape[1:]
+            outputs.append({"name": name, "datatype": "FP32", "shape": dims})
+        return {
+            "name": model_id, "versions": [MODEL_VERSION], "platform": "pytorch_libtorch",
+            "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [-1, seq]},
+                       {"name": "attention_mask", "datatype": "INT64", "shape": [-1, seq]},
+                       {"name": "text", "datatype": "BYTES", "shape": [-1]},
+                       {"name": "text_pair", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": outputs,
+            "parameters": {"task": entry.task, "processor": entry.processor, "sequence_length": seq,
+                           "traced_batch_size": entry.batch_size, "precision": entry.precision, "state": record.state},
+        }
+
+    # ---- inference: the reference design's /predictions ----
+    async def predict(self, record: ModelRecord, texts: Sequence[str], contexts: Optional[Sequence[str]], deadline: float,
+                      fields: Sequence[str] = ("inputs", "context")) -> Dict[str, Any]:
+        """The /predictions answer for a ready model: embeddings, labels and scores, or answers, one per input text."""
+        artifact = self._artifact(record)
+        self._check_rows(len(texts), fields[0])
+        pairs = pair_up(texts, contexts, fields)
+        if artifact.task == QUESTION_ANSWERING and pairs is None:
+            raise InvalidInput(fields[1], f"model {record.model_id} answers questions: give the context to search for the answer")
+        ids, mask, encodings = await self._encode(artifact, texts, pairs)
+        outputs = await self._batcher(record).submit(ids, mask, deadline)
+        return {"model": record.model_id, **artifact.postprocess(outputs, encodings, pairs)}
+
+    # ---- inference: KServe v2 ----
+    async def infer(self, record: ModelRecord, inputs: Mapping[str, InferInput], deadline: float) -> Dict[str, np.ndarray]:
+        """Outputs by name for a ready model's v2 inputs, in request order: input_ids (and attention_mask), or text
+        (and text_pair or context); errors name the input at fault as inputs[<its index>]."""
+        names = list(inputs)
+        field = {name: f"inputs[{i}]" for i, name in enumerate(names)}
+        if "input_ids" in inputs and "text" in inputs:
+            raise InvalidInput("inputs", "give either input_ids (and attention_mask) or text (and text_pair), not both")
+        if "input_ids" in inputs:
+            extra = [n for n in names if n not in TOKEN_INPUTS]
+            if extra:
+                raise InvalidInput(f"{field[extra[0]]}.name", f"{extra[0]} does not go with input_ids")
+            mask = inputs.get("attention_mask")
+            return await self._infer_tensors(record, inputs["input_ids"].value, None if mask is None else mask.value, deadline)
+        if "text" in inputs:
+            texts = _texts(inputs["text"], field["text"])
+            second = inputs.get("text_pair") or inputs.get("context")
+            if "text_pair" in inputs and "context" in inputs:
+                raise InvalidInput(field["context"] + ".name", "give text_pair or context, not both")
+            if "attention_mask" in inputs:
+                raise InvalidInput(field["attention_mask"] + ".name", "attention_mask goes with input_ids, not text")
+            pairs = None
+            if second is not None:
+                pairs = _texts(second, field[second.name])
+                if len(pairs) != len(texts):
+                    raise InvalidInput(f"{field[second.name]}.shape", f"needs one {second.name} per text ({len(texts)}), got {len(pairs)}")
+            artifact = self._artifact(record)
+            if artifact.task == QUESTION_ANSWERING and pairs is None:
+                raise InvalidInput("inputs", f"model {record.model_id} answers questions: add a text_pair input with the context")
+            self._check_rows(len(texts), f"{field['text']}.shape")
+            ids, mask, _ = await self._encode(artifact, texts, pairs)
+            outputs = await self._batcher(record).submit(ids, mask, deadline)
+            return dict(zip(artifact.output_names, outputs))
+        raise InvalidInput("inputs", "give input_ids (and attention_mask) as INT64 [batch, sequence], or text as BYTES [batch]")
+
+    async def _infer_tensors(self, record: ModelRecord, input_ids: np.ndarray, attention_mask: Optional[np.ndarray],
+                             deadline: float) -> Dict[str, np.ndarray]:
+        """Outputs by name for int64 input_ids [batch, sequence <= traced length] (attention_mask: ones if absent)."""
+        artifact = self._artifact(record)
+        mask, seq = self._check_tensors(artifact, input_ids, attention_mask)
+        ids, mask = artifact.pad_to_traced_length(input_ids, mask)
+        outputs = await self._batcher(record).submit(ids, mask, deadline)
+        return artifact.tensors(outputs, seq)
+
+    # ---- the input rules ----
     def _check_rows(self, rows: int, field: str) -> None:
         if rows < 1:
             raise InvalidInput(field, "give at least one input")
         if rows > self.settings.queue_size:
             raise InvalidInput(field, f"{rows} inputs in one request; at most {self.settings.queue_size} (QUEUE_SIZE): split the request")
 
-    # ---- inference ----
-    async def infer_tensors(self, model_id: str, input_ids: np.ndarray, attention_mask: Optional[np.ndarray],
-                            deadline: float) -> Dict[str, np.ndarray]:
-        """Outputs by name for int64 input_ids [batch, sequence <= traced length] (attention_mask: ones if absent)."""
-        record = self.ready_model(model_id)
-        artifact = record.artifact
-        assert artifact is not None
-        ids, mask, seq = self._check_tensors(artifact, input_ids, attention_mask)
-        outputs = await self._batcher(record).submit(ids, mask, deadline)
-        named = dict(zip(artifact.output_names, outputs))
-        if artifact.task == QA:  # per-token outputs back to the request's sequence length
-            named = {name: out[:, :seq] for name, out in named.items()}
-        return named
-
-    async def infer_texts(self, model_id: str, texts: Sequence[str], pairs: Optional[Sequence[str]], deadline: float,
-                          field: str = "text") -> Dict[str, np.ndarray]:
-        """Outputs by name for texts (and optional second texts), tokenised by the model's own tokenizer."""
-        record = self.ready_model(model_id)
-        artifact = record.artifact
-        assert artifact is not None
-        self._check_rows(len(texts), field)
-        ids, mask, _ = await self._encode(artifact, texts, pairs)
-        outputs = await self._batcher(record).submit(ids, mask, deadline)
-        return dict(zip(artifact.output_names, outputs))
-
-    async def predict(self, model_id: str, texts: Sequence[str], contexts: Optional[Sequence[str]], deadline: float,
-                      fields: Sequence[str] = ("inputs", "context")) -> Dict[str, Any]:
-        """The /predictions answer: embeddings, labels and scores, or answers, one per input text."""
-        record = self.ready_model(model_id)
-        artifact = record.artifact
-        assert artifact is not None
-        self._check_rows(len(texts), fields[0])
-        pairs = pair_up(texts, contexts, fields)
-        if artifact.task == QA and pairs is None:
-            raise InvalidInput(fields[1], f"model {model_id} answers questions: give the context to search for the answer")
-        ids, mask, encodings = await self._encode(artifact, texts, pairs)
-        outputs = await self._batcher(record).submit(ids, mask, deadline)
-        named = dict(zip(artifact.output_names, outputs))
-        if artifact.task == EMBED:
-            return {"model": model_id, "embeddings": named["embedding"].tolist()}
-        if artifact.task == CLASSIFY:
-            labels, scores = classify(named["logits"], artifact.labels)
-            return {"model": model_id, "labels": labels, "scores": scores}
-        assert pairs is not None
-        answers = [best_answer(start, end, encoding, context)
-                   for start, end, encoding, context in zip(named["start_logits"], named["end_logits"], encodings, pairs)]
-        return {"model": model_id, "answers": answers}
-
-    async def _encode(self, artifact: LoadedArtifact, texts: Sequence[str], pairs: Optional[Sequence[str]]) -> Any:
-        size = sum(map(len, texts)) + (sum(map(len, pairs)) if pairs is not None else 0)
-        if size <= INLINE_ENCODE_CHARS:
-            return artifact.encoder.encode(texts, pairs)
-        return await asyncio.get_running_loop().run_in_executor(None, artifact.encoder.encode, texts, pairs)
-
     def _check_tensors(self, artifact: LoadedArtifact, input_ids: np.ndarray, attention_mask: Optional[np.ndarray]) -> Any:
+        """(attention_mask, the request's sequence length) for valid token tensors; InvalidInput naming the one at fault."""
         length = artifact.sequence_length
         if input_ids.ndim != 2:
             raise InvalidInput("input_ids", f"must have shape [batch, sequence], got {list(input_ids.shape)}")
@@ -162,13 +228,32 @@ class DataPlane:
             raise InvalidInput("input_ids", f"token id {bad} is outside the model's vocabulary 0..{vocab - 1}")
         if attention_mask.size and not np.isin(attention_mask, (0, 1)).all():
             raise InvalidInput("attention_mask", "values must be 0 or 1")
-        if seq == length:
-            return input_ids.astype(np.int64, copy=False), attention_mask.astype(np.int64, copy=False), seq
-        ids = np.full((rows, length), artifact.encoder.pad_id, dtype=np.int64)
-        mask = np.zeros((rows, length), dtype=np.int64)
-        ids[:, :seq] = input_ids
-        mask[:, :seq] = attention_mask
-        return ids, mask, seq
+        return attention_mask, seq
+
+    # ---- running ----
+    def _artifact(self, record: ModelRecord) -> LoadedArtifact:
+        artifact = record.artifact
+        assert artifact is not None, "ready_model() resolves the record first"
+        return artifact
+
+    async def _encode(self, artifact: LoadedArtifact, texts: Sequence[str], pairs: Optional[Sequence[str]]) -> Any:
+        size = sum(map(len, texts)) + (sum(map(len, pairs)) if pairs is not None else 0)
+        if size <= INLINE_ENCODE_CHARS:
+            return artifact.encoder.encode(texts, pairs)
+        return await asyncio.get_running_loop().run_in_executor(None, artifact.encoder.encode, texts, pairs)
+
+    def _batcher(self, record: ModelRecord) -> Batcher:
+        batcher = self._batchers.get(record.model_id)
+        if batcher is None:
+            artifact = self._artifact(record)
+            assert self._slots is not None and self._executor is not None, "start() runs before the first request"
+            max_batch = artifact.fixed_batch or self.settings.max_batch_size
+            batcher = Batcher(record.model_id, artifact.forward, max_batch_size=max_batch,
+                              max_delay_ms=self.settings.max_delay_ms, queue_size=self.settings.queue_size,
+                              timeout_ms=self.settings.request_timeout_ms, slots=self._slots, executor=self._executor,
+                              workers=self.settings.workers, metrics=self.metrics)
+            self._batchers[record.model_id] = batcher
+        return batcher
 
 
 def pair_up(texts: Sequence[str], contexts: Optional[Sequence[str]], fields: Sequence[str]) -> Optional[List[str]]:
@@ -182,34 +267,7 @@ def pair_up(texts: Sequence[str], contexts: Optional[Sequence[str]], fields: Seq
     return list(contexts)
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / np.sum(e, axis=axis, keepdims=True)
-
-
-def classify(logits: np.ndarray, names: Sequence[str]) -> Any:
-    """(label, probability) of the most likely class per row; labels from the bundle's manifest, else LABEL_<i>."""
-    probs = softmax(logits.astype(np.float64))
-    best = probs.argmax(axis=-1)
-    labels = [names[i] if i < len(names) else f"LABEL_{i}" for i in best.tolist()]
-    scores = [float(probs[row, i]) for row, i in enumerate(best.tolist())]
-    return labels, scores
-
-
-def best_answer(start_logits: np.ndarray, end_logits: np.ndarray, encoding: Encoding, context: str,
-                max_tokens: int = MAX_ANSWER_TOKENS) -> Dict[str, Any]:
-    """The most likely span (start <= end, within the context, at most max_tokens long), as text and character
-    offsets into the context; score = p(start) * p(end) with both softmaxes over the context tokens."""
-    in_context = np.array([sid == 1 for sid in encoding.sequence_ids], dtype=bool)
-    length = min(len(in_context), start_logits.shape[0])
-    in_context = in_context[:length]
-    if not in_context.any():  # the context was truncated away entirely
-        return {"text": "", "start": 0, "end": 0, "score": 0.0}
-    start = np.where(in_context, start_logits[:length].astype(np.float64), -np.inf)
-    end = np.where(in_context, end_logits[:length].astype(np.float64), -np.inf)
-    spans = np.outer(softmax(start), softmax(end))
-    spans = np.tril(np.triu(spans), max_tokens - 1)  # start <= end < start + max_tokens
-    i, j = np.unravel_index(int(np.argmax(spans)), spans.shape)
-    char_start, char_end = encoding.offsets[int(i)][0], encoding.offsets[int(j)][1]
-    return {"text": context[char_start:char_end], "start": int(char_start), "end": int(char_end), "score": float(spans[i, j])}
+def _texts(tensor: InferInput, field: str) -> List[str]:
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise InvalidInput(f"{field}.shape", f"{tensor.name} must have shape [batch] or [batch, 1], got {tensor.shape}")
+    return list(tensor.value)

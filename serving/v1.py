@@ -1,5 +1,9 @@
 """The reference design's API: POST /predictions/{model_id} with {"inputs": ..., "context": ...}, and GET with
-seq_0 / seq_1 query parameters (ARCHITECTURE.md, "Serving API")."""
+seq_0 / seq_1 query parameters (ARCHITECTURE.md, "Serving API").
+
+This module decodes the body and encodes the answer; the data plane (serving/dataplane.py) checks the model and
+the inputs and runs them, as in KServe's v1 endpoints.
+"""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from serving.body import deadline_of, read_body
-from serving.config import Settings
 from serving.dataplane import DataPlane
 from serving.errors import InvalidInput
 
@@ -79,15 +82,16 @@ def _request_body_doc() -> Any:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictionRequest.model_json_schema()}}}}
 
 
-def create_router(plane: DataPlane, settings: Settings) -> APIRouter:
+def create_router(plane: DataPlane) -> APIRouter:
+    settings = plane.settings
     router = APIRouter(tags=["predictions"])
 
     @router.post("/predictions/{model_id}", response_model=PredictionResponse, openapi_extra=_request_body_doc(),
                  summary="Predict with a model (POST JSON)")
     async def predict_post(model_id: str, request: Request) -> JSONResponse:
-        plane.ready_model(model_id)
+        record = plane.ready_model(model_id)  # 404 or 503 before the body is read
         texts, contexts = parse_prediction(await read_body(request, settings.max_body_bytes))
-        result = await plane.predict(model_id, texts, contexts, deadline_of(request, settings.request_timeout_ms))
+        result = await plane.predict(record, texts, contexts, deadline_of(request, settings.request_timeout_ms))
         return JSONResponse(result)
 
     @router.get("/predictions/{model_id}", response_model=PredictionResponse, summary="Predict with a model (query string)")
@@ -95,10 +99,10 @@ def create_router(plane: DataPlane, settings: Settings) -> APIRouter:
                           seq_0: Optional[str] = Query(None, description="the text (question answering: the question)"),
                           seq_1: Optional[str] = Query(None, description="the second text (question answering: the context)"),
                           ) -> JSONResponse:
-        plane.ready_model(model_id)
+        record = plane.ready_model(model_id)
         if seq_0 is None:
             raise InvalidInput("seq_0", "required query parameter: the text (and seq_1: a second text or the context)")
-        result = await plane.predict(model_id, [seq_0], None if seq_1 is None else [seq_1],
+        result = await plane.predict(record, [seq_0], None if seq_1 is None else [seq_1],
                                      deadline_of(request, settings.request_timeout_ms), fields=("seq_0", "seq_1"))
         return JSONResponse(result)
 

@@ -8,6 +8,9 @@ Binary extension: the JSON header is the first Inference-Header-Content-Length b
 parameters.binary_data_size takes that many bytes of what follows, in input order (BYTES elements are each a 4-byte
 little-endian length and the bytes). An output is returned binary when it asks for parameters.binary_data, or when
 the request's parameters.binary_data_output is true; the response then carries the same header and a binary tail.
+
+This module decodes and encodes only: which inputs go together, model metadata and readiness are the data
+plane's (serving/dataplane.py), as in KServe's v2 endpoints.
 """
 from __future__ import annotations
 
@@ -21,17 +24,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from serving.body import deadline_of, read_body
-from serving.config import Settings
-from serving.dataplane import QA, DataPlane
-from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
-from serving.repository import OUTPUT_NAMES, READY
+from serving.dataplane import MODEL_VERSION, TEXT_INPUTS, TOKEN_INPUTS, DataPlane, InferInput
+from serving.errors import InvalidInput
 
 HEADER = "Inference-Header-Content-Length"
-VERSION = "1"
-SERVER_NAME = "modelfleet"
-SERVER_VERSION = "0.1.0"
-TOKEN_INPUTS = ("input_ids", "attention_mask")
-TEXT_INPUTS = ("text", "text_pair", "context")
 INT_TYPES = {"INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
 DTYPES = {"BOOL": np.dtype("bool"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
           "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
@@ -39,17 +35,9 @@ DTYPES = {"BOOL": np.dtype("bool"), "UINT8": np.dtype("u1"), "UINT16": np.dtype(
 
 
 @dataclass
-class Tensor:
-    name: str
-    datatype: str
-    shape: List[int]
-    value: Any  # np.ndarray of `shape`, or a flat list of str for BYTES
-
-
-@dataclass
 class InferRequest:
     id: Optional[str]
-    inputs: Dict[str, Tensor]
+    inputs: Dict[str, InferInput]
     outputs: Optional[List[Tuple[str, Optional[bool]]]]  # requested (name, binary or None: the request's default); None: all
     binary_output: bool
 
@@ -76,7 +64,7 @@ def parse_infer_request(body: bytes, header_length: Optional[str]) -> InferReque
     raw_inputs = data.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("inputs", "required: a list of input tensors {name, shape, datatype, data}")
-    inputs: Dict[str, Tensor] = {}
+    inputs: Dict[str, InferInput] = {}
     offset = 0
     for index, raw in enumerate(raw_inputs):
         tensor, offset = _parse_input(raw, f"inputs[{index}]", tail, offset)
@@ -112,7 +100,7 @@ def _params(value: Any, field: str) -> Dict[str, Any]:
     return value
 
 
-def _parse_input(raw: Any, field: str, tail: bytes, offset: int) -> Tuple[Tensor, int]:
+def _parse_input(raw: Any, field: str, tail: bytes, offset: int) -> Tuple[InferInput, int]:
     if not isinstance(raw, dict):
         raise InvalidInput(field, "must be an object {name, shape, datatype, data}")
     name = raw.get("name")
@@ -162,7 +150,7 @@ def _parse_input(raw: Any, field: str, tail: bytes, offset: int) -> Tuple[Tensor
                 value = np.array(flat, dtype=np.int64).reshape(shape)
             except OverflowError:
                 raise InvalidInput(f"{field}.data", "an element does not fit in 64 bits") from None
-    return Tensor(name, datatype, shape, value), offset
+    return InferInput(name, datatype, shape, value), offset
 
 
 def _flatten(data: Any) -> List[Any]:
@@ -201,12 +189,6 @@ def _decode_bytes(chunk: bytes, count: int, field: str) -> List[str]:
     return out
 
 
-def _texts(tensor: Tensor, field: str) -> List[str]:
-    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-        raise InvalidInput(f"{field}.shape", f"{tensor.name} must have shape [batch] or [batch, 1], got {tensor.shape}")
-    return list(tensor.value)
-
-
 def encode_response(model_id: str, request: InferRequest, outputs: Dict[str, np.ndarray]) -> Response:
     requested = request.outputs if request.outputs is not None else [(name, None) for name in outputs]
     header_outputs = []
@@ -223,7 +205,7 @@ def encode_response(model_id: str, request: InferRequest, outputs: Dict[str, np.
         else:
             entry["data"] = array.reshape(-1).tolist()
         header_outputs.append(entry)
-    header: Dict[str, Any] = {"model_name": model_id, "model_version": VERSION, "outputs": header_outputs}
+    header: Dict[str, Any] = {"model_name": model_id, "model_version": MODEL_VERSION, "outputs": header_outputs}
     if request.id is not None:
         header["id"] = request.id
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -232,40 +214,13 @@ def encode_response(model_id: str, request: InferRequest, outputs: Dict[str, np.
     return Response(head + b"".join(tail), media_type="application/octet-stream", headers={HEADER: str(len(head))})
 
 
-def model_metadata(plane: DataPlane, model_id: str) -> Dict[str, Any]:
-    record = plane.record(model_id)
-    entry = record.entry
-    if entry is None:
-        raise ModelNotReady(f"model {model_id}'s entry has not been read yet ({record.detail}): retry shortly")
-    seq = entry.sequence_length
-    outputs = []
-    for name in OUTPUT_NAMES[entry.task]:
-        shape = list(entry.outputs.get(name, [0, 0]))
-        dims = [-1, -1] if entry.task == QA else [-1] + shape[1:]
-        outputs.append({"name": name, "datatype": "FP32", "shape": dims})
-    return {
-        "name": model_id, "versions": [VERSION], "platform": "pytorch_libtorch",
-        "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [-1, seq]},
-                   {"name": "attention_mask", "datatype": "INT64", "shape": [-1, seq]},
-                   {"name": "text", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "text_pair", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": outputs,
-        "parameters": {"task": entry.task, "processor": entry.processor, "sequence_length": seq,
-                       "traced_batch_size": entry.batch_size, "precision": entry.precision, "state": record.state},
-    }
-
-
-def create_router(plane: DataPlane, settings: Settings, readiness: Any) -> APIRouter:
+def create_router(plane: DataPlane) -> APIRouter:
+    settings = plane.settings
     router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-
-    def check_version(model_id: str, version: Optional[str]) -> None:
-        if version is not None and version != VERSION:
-            plane.record(model_id)
-            raise ModelNotFound(f"model {model_id} has no version {version!r}: it has only version {VERSION}")
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> Dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"], "server_id": settings.server_id}
+        return plane.server_metadata()
 
     @router.get("/health/live", summary="Server liveness")
     async def live() -> Dict[str, Any]:
@@ -273,24 +228,21 @@ def create_router(plane: DataPlane, settings: Settings, readiness: Any) -> APIRo
 
     @router.get("/health/ready", summary="Server readiness (503 until ready, and after SIGTERM)")
     async def ready() -> JSONResponse:
-        ok, body = readiness()
+        ok, body = plane.readiness()
         return JSONResponse({"ready": ok, **body}, status_code=200 if ok else 503)
 
     @router.get("/models/{model_id}", summary="Model metadata")
     @router.get("/models/{model_id}/versions/{version}", include_in_schema=False)
     async def metadata(model_id: str, version: Optional[str] = None) -> Dict[str, Any]:
-        check_version(model_id, version)
-        return model_metadata(plane, model_id)
+        return plane.model_metadata(model_id, version)
 
     @router.get("/models/{model_id}/ready", summary="Model readiness (200 ready, 503 loading or failed, 404 unknown)")
     @router.get("/models/{model_id}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(model_id: str, version: Optional[str] = None) -> JSONResponse:
-        check_version(model_id, version)
-        record = plane.record(model_id)
-        if record.state == READY and not plane.shutting_down:
+        ok, why = plane.model_ready(model_id, version)
+        if ok:
             return JSONResponse({"name": model_id, "ready": True})
-        reason = "the server is shutting down" if plane.shutting_down else f"{record.state}: {record.detail}"
-        return JSONResponse({"name": model_id, "ready": False, "error": f"model {model_id} is not ready ({reason})"}, status_code=503)
+        return JSONResponse({"name": model_id, "ready": False, "error": why}, status_code=503)
 
     @router.post("/models/{model_id}/infer", summary="Inference (JSON, or JSON header + binary tensors)",
                  openapi_extra={"requestBody": {"required": True, "content": {
@@ -299,40 +251,9 @@ def create_router(plane: DataPlane, settings: Settings, readiness: Any) -> APIRo
                      "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     @router.post("/models/{model_id}/versions/{version}/infer", include_in_schema=False)
     async def infer(model_id: str, request: Request, version: Optional[str] = None) -> Response:
-        check_version(model_id, version)
-        plane.ready_model(model_id)
-        body = await read_body(request, settings.max_body_bytes)
-        parsed = parse_infer_request(body, request.headers.get(HEADER))
-        deadline = deadline_of(request, settings.request_timeout_ms)
-        names = list(parsed.inputs)
-        field = {name: f"inputs[{i}]" for i, name in enumerate(names)}
-        if "input_ids" in parsed.inputs and "text" in parsed.inputs:
-            raise InvalidInput("inputs", "give either input_ids (and attention_mask) or text (and text_pair), not both")
-        if "input_ids" in parsed.inputs:
-            extra = [n for n in names if n not in TOKEN_INPUTS]
-            if extra:
-                raise InvalidInput(f"{field[extra[0]]}.name", f"{extra[0]} does not go with input_ids")
-            mask = parsed.inputs.get("attention_mask")
-            outputs = await plane.infer_tensors(model_id, parsed.inputs["input_ids"].value, None if mask is None else mask.value,
-                                                deadline)
-        elif "text" in parsed.inputs:
-            texts = _texts(parsed.inputs["text"], field["text"])
-            second = parsed.inputs.get("text_pair") or parsed.inputs.get("context")
-            if "text_pair" in parsed.inputs and "context" in parsed.inputs:
-                raise InvalidInput(field["context"] + ".name", "give text_pair or context, not both")
-            if "attention_mask" in parsed.inputs:
-                raise InvalidInput(field["attention_mask"] + ".name", "attention_mask goes with input_ids, not text")
-            pairs = None
-            if second is not None:
-                pairs = _texts(second, field[second.name])
-                if len(pairs) != len(texts):
-                    raise InvalidInput(f"{field[second.name]}.shape", f"needs one {second.name} per text ({len(texts)}), got {len(pairs)}")
-            entry = plane.ready_model(model_id).entry
-            if entry is not None and entry.task == QA and pairs is None:
-                raise InvalidInput("inputs", f"model {model_id} answers questions: add a text_pair input with the context")
-            outputs = await plane.infer_texts(model_id, texts, pairs, deadline, field=f"{field['text']}.shape")
-        else:
-            raise InvalidInput("inputs", "give input_ids (and attention_mask) as INT64 [batch, sequence], or text as BYTES [batch]")
+        record = plane.ready_model(model_id, version)  # 404 or 503 before the body is read
+        parsed = parse_infer_request(await read_body(request, settings.max_body_bytes), request.headers.get(HEADER))
+        outputs = await plane.infer(record, parsed.inputs, deadline_of(request, settings.request_timeout_ms))
         return encode_response(model_id, parsed, outputs)
 
     return router

@@ -438,7 +438,7 @@ def test_serving_runs_on_python_310():
 
 @pytest.mark.parametrize(("rows", "length"), [([1], 8), ([8], 8), ([9, 3], 16), ([0, 0], 8), ([127], 128), ([128, 5], 128)])
 def test_a_batch_runs_to_its_longest_row_rounded_up_to_eight(rows, length):
-    from serving.repository import served_length
+    from serving.model import served_length
 
     mask = np.array([[1] * n + [0] * (128 - n) for n in rows], dtype=np.int64)
     assert served_length(mask, 128) == length
@@ -452,7 +452,7 @@ def test_trimming_to_the_longest_row_changes_no_output(serving_store, model_id):
     import torch
 
     from contracts import BundleManifest
-    from serving.repository import NO_ANSWER_LOGIT, LoadedArtifact
+    from serving.model import NO_ANSWER_LOGIT, LoadedArtifact
     from serving.text import TextEncoder
 
     entry = serving_store.entries[model_id]
