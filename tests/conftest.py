@@ -1,5 +1,4 @@
 """Shared fixtures: a real moto S3 server on 127.0.0.1 (never a patched boto3) and fake AWS credentials."""
-import socket
 import subprocess
 import sys
 import time
@@ -10,14 +9,8 @@ import uuid
 import boto3
 import pytest
 
-BUCKET = "modelfleet-test"
-CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.fixtures_net import free_port
+from tests.fixtures_s3 import BUCKET, CREDENTIALS
 
 
 @pytest.fixture

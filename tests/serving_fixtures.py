@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import yaml
 
 from contracts import StoreEntry
 from store import open_store, read_entry
+from tests.fixtures_net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCE_LENGTH = 64
@@ -39,12 +39,6 @@ SERVER_ENV = ("SERVER_ID", "MODEL_IDS", "STORE_URI", "MEMORY_BUDGET_MIB", "PORT"
               "MAX_BATCH_SIZE", "MAX_DELAY_MS", "QUEUE_SIZE", "REQUEST_TIMEOUT_MS", "MAX_BODY_BYTES", "WORKERS", "GRACE_SECONDS",
               "STORE_RETRY_MAX_SECONDS", "LOG_LEVEL", "ACCESS_LOG", "SERVER_BASE_MIB")
 POLL_S = 0.05  # poll interval; every wait below is bounded by a deadline
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, on_timeout: Callable[[], str] = lambda: "") -> Any:

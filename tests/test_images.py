@@ -28,7 +28,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from serving import build as serving_build
-from tests.conftest import free_port
+from tests.fixtures_net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = ROOT / "serving" / "docker"

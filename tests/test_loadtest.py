@@ -141,6 +141,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif model.startswith("close"):
             self._send(200, payload, {"Connection": "close"})
             self.close_connection = True
+        elif model.startswith("peer"):  # the client's port: one port, one TCP connection
+            self._send(200, json.dumps({"model": str(self.client_address[1])}).encode())
+        elif model.startswith("garbage"):  # not an HTTP response at all
+            self.wfile.write(b"SPAM 200 OK\r\n\r\n")
+            self.close_connection = True
         else:
             self._send(200, payload)
 
@@ -189,6 +194,16 @@ def test_client_keep_alive_chunked_close_and_errors(stub: str) -> None:
             async with Client(headers={"host": "models.example", "X-Test": "1"}) as gateway_client:
                 r = await gateway_client.request("POST", f"{stub}/predictions/host-1", b'{"inputs": "x"}')
                 out.append(json.loads(r.body)["model"])
+            async with Client(max_connections=2) as fresh:  # the stub answers with the port each request came from
+                ports = []
+                for path in ("peer-1", "peer-2", "chunked-1", "peer-3", "close-1", "peer-4"):
+                    r = await fresh.request("POST", f"{stub}/predictions/{path}", b'{"inputs": "x"}')
+                    ports.append(json.loads(r.body)["model"] if path.startswith("peer") else None)
+                out.append([p for p in ports if p is not None])
+                try:
+                    await fresh.request("POST", f"{stub}/predictions/garbage-1", b'{"inputs": "x"}')
+                except ProtocolError as exc:
+                    out.append(str(exc))
             return out
 
     out = asyncio.run(go())
@@ -197,9 +212,11 @@ def test_client_keep_alive_chunked_close_and_errors(stub: str) -> None:
     assert out[6] == [200]
     assert out[7] == "ConnectionRefusedError"
     assert out[8] == "models.example"  # a Host header replaces the URL's (a gateway reached by address)
+    first, second, third, after_close = out[9]
+    assert first == second == third != after_close  # kept alive across requests (chunked too), new after Connection: close
+    assert "not an HTTP/1.x status line" in out[10]
     with pytest.raises(ValueError):
         Client(max_connections=0)
-    assert issubclass(ProtocolError, Exception)
 
 
 def _write_routes(tmp_path: Path, servers: Dict[str, str], models: Dict[str, str]) -> Path:

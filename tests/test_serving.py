@@ -17,7 +17,8 @@ import pytest
 
 from serving.config import ConfigError, Settings
 from tests import serving_fixtures
-from tests.serving_fixtures import ROOT, SEQUENCE_LENGTH, Reply, free_port, http, metric_value, run_concurrently, start_server, wait_for
+from tests.fixtures_net import free_port
+from tests.serving_fixtures import ROOT, SEQUENCE_LENGTH, Reply, http, metric_value, run_concurrently, start_server, wait_for
 
 # The shared fixtures (a store with the traced models; a server with all of them), bound here for pytest.
 serving_store = serving_fixtures.serving_store

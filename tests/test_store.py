@@ -27,7 +27,8 @@ from store import (
     read_entry,
 )
 from tests.bundles import make_bundle, make_entry
-from tests.conftest import BUCKET, CREDENTIALS, free_port
+from tests.fixtures_net import free_port
+from tests.fixtures_s3 import BUCKET, CREDENTIALS
 
 ROOT = Path(__file__).resolve().parent.parent
 
