@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from packing.classes import Classes
 from packing.colgen import Pattern
 from packing.demand import Demand
-from packing.resources import NodeShape
+from packing.resources import NodeShape, node_groups, nodes_price
 
 
 @dataclass
@@ -85,6 +85,24 @@ def place_on_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spre
             node.servers.add(k)
             s.placements.append((n, device))
     return {t: len(ns) for t, ns in nodes_by_shape.items()}
+
+
+def share_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spread: int,
+                nodes: Dict[int, int]) -> Optional[Dict[int, int]]:
+    """Pods of one instance type's SLO tiers on common nodes: every pod placed afresh with the
+    tiers of a type as one shape. Returns nodes per type (keyed by its first shape) and sets the
+    placements when that costs less than `nodes` (each tier on nodes of its own); else None and
+    nothing changes. Only the pods' tiers differ, never what a node must give them."""
+    group = node_groups(shapes)
+    if len(set(group)) == len(group):
+        return None
+    trial = [BuiltServer(group[s.shape], s.replicas, s.models, s.host_per_pod) for s in servers]
+    merged = place_on_nodes(trial, shapes, spread)
+    if nodes_price(merged, shapes) > nodes_price(nodes, shapes) + 1e-9:
+        return None
+    for s, t in zip(servers, trial, strict=True):
+        s.placements = t.placements
+    return merged
 
 
 def place_as_solved(servers: List[BuiltServer], pods: Sequence[Tuple[int, int, int]]) -> Dict[int, int]:

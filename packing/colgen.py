@@ -31,7 +31,7 @@ import numpy as np
 
 from packing.classes import Classes
 from packing.knapsack import Knapsack, new_highs
-from packing.resources import NodeShape
+from packing.resources import NodeShape, node_groups
 
 INF = highspy.kHighsInf
 EPS = 1e-7
@@ -490,8 +490,9 @@ class ColumnGeneration:
         return self._index[(p.shape, p.counts, p.replicas)]
 
     # -- bound ------------------------------------------------------------------------------------
-    def node_value_bound(self, t: int, pi: np.ndarray, rho: float) -> float:
-        """V_t: what one node of shape t can earn at duals pi, proven (lo values, knapsack bound)."""
+    def slot_value_bound(self, t: int, pi: np.ndarray, rho: float) -> float:
+        """What one pod of shape t can earn at duals pi, host memory priced at rho, proven (lo
+        values, knapsack bound)."""
         s, cls = self.shapes[t], self.cls
         per_slot = 0.0
         pr = self.pricers[t]
@@ -505,16 +506,24 @@ class ColumnGeneration:
         for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t]):
             r = int(cls.replicas[i, t])
             per_slot = max(per_slot, (pi[i] - r * rho * (s.pod_base_mib + cls.h_lo[i, t])) / r)
-        return s.slots * per_slot + s.host_alloc_mib * rho
+        return per_slot
 
     def farley_bound(self, pi: np.ndarray, rho: np.ndarray) -> float:
-        """theta x sum_i n_i pi_i with theta = min_t price_t / V_t: theta pi is dual feasible, so
-        this is a lower bound for *any* pi, rho >= 0 (theta may exceed 1 when no node earns its price)."""
+        """theta x sum_i n_i pi_i with theta = min_g price_g / V_g: theta pi is dual feasible, so
+        this is a lower bound for *any* pi, rho >= 0 (theta may exceed 1 when no node earns its price).
+
+        A node of instance type g may hold pods of any of its SLO tiers, so V_g takes the best
+        pod over all of them, with one host-memory price for the node (the least of its tiers')."""
         theta = float("inf")
         self._slot_cache: Dict[tuple, float] = {}
         pi = np.where(self.pure_hot, self.hot_price, pi)
-        for t, s in enumerate(self.shapes):
-            v = self.node_value_bound(t, pi, float(rho[t]))
+        tiers: Dict[int, List[int]] = {}
+        for t, g in enumerate(node_groups(self.shapes)):
+            tiers.setdefault(g, []).append(t)
+        for g, members in tiers.items():
+            s = self.shapes[g]
+            rho_g = float(min(rho[t] for t in members))
+            v = s.slots * max(self.slot_value_bound(t, pi, rho_g) for t in members) + s.host_alloc_mib * rho_g
             if v > EPS:
                 theta = min(theta, s.price / v)
         if not np.isfinite(theta):

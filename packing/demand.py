@@ -5,9 +5,11 @@ Per model m and shape t (processor p):
   host     h[m,t] = host memory the model adds to its pod's process
   load     u[m,t] = rps x latency_ms / 1000 / cores_per_device   (a single pod's utilisation)
   eligible: a profile for p exists, d fits the pod's memory cap, one pod's host memory fits the
-            node, and the SLO holds: p90 + W90(cores, max_utilization, latency) <= slo_p90_ms.
-A model whose load on t exceeds min_replicas x max_utilization is *hot* there: it gets its own
-server with ceil(u / max_utilization) replicas. Arrays are numpy so 100,000 models stay fast.
+            node, and the shape's SLO tier admits it (packing/tiers.py: its SLO at least the
+            tier's, its service p90 within the tier's ceiling).
+Each shape t is one instance type at one SLO tier, with its own utilisation cap (at most
+--max-utilization). A model whose load on t exceeds min_replicas x that cap is *hot* there: it
+gets its own server with ceil(u / cap) replicas. Arrays are numpy so 100,000 models stay fast.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from contracts import ModelSpec, Profile
-from packing.queueing import wait_p90_ms
 from packing.resources import NodeShape, PackingOptions
+from packing.tiers import admitted, slo_levels, tiered_shapes
 
 TOLERANCE = 1e-9  # capacity comparisons are relative, so float sums never reject an exact fit
 
@@ -77,29 +79,39 @@ def build_demand(
     shapes: Sequence[NodeShape],
     opts: PackingOptions,
 ) -> Demand:
-    n, k = len(models), len(shapes)
+    """The demand over `shapes`, each split into the SLO tiers its models need (packing/tiers.py):
+    `Demand.shapes` is then the tiered list, each with its own utilisation cap."""
+    n = len(models)
     rps = np.array([m.rps for m in models], float)
     slo = np.array([m.slo_p90_ms if m.slo_p90_ms is not None else np.inf for m in models], float)
-    d, h, u, p90, lat = (np.zeros((n, k)) for _ in range(5))
-    eligible = np.zeros((n, k), bool)
     by_processor = {p: _profile_arrays(models, profiles, p) for p in {s.processor for s in shapes}}
-    cap_u = opts.max_utilization
-    for j, s in enumerate(shapes):
-        has, dev, host, la, p9 = by_processor[s.processor]
-        d[:, j], h[:, j], lat[:, j], p90[:, j] = dev, host, la, p9
-        u[:, j] = rps * la / 1000.0 / s.cores_per_device
-        # The queueing allowance per model: its own service time at the utilisation cap (W90 is
-        # proportional to the service time, so one factor per shape serves every model).
-        factor = wait_p90_ms(s.cores_per_device, cap_u, 1.0)
-        allowance = np.where(la > 0, la * factor, 0.0) if np.isfinite(factor) else np.where(la > 0, np.inf, 0.0)
+    fits_base = {}
+    for b, s in enumerate(shapes):
+        has, dev, host, _, _ = by_processor[s.processor]
         fits = dev <= s.device_memory_cap_mib * (1 + TOLERANCE)
         fits &= (s.pod_base_mib + host) <= s.host_alloc_mib * (1 + TOLERANCE)
-        slo_ok = p9 + allowance <= slo * (1 + TOLERANCE)
-        eligible[:, j] = has & fits & slo_ok
+        fits_base[b] = has & fits
+    level = slo_levels(slo)
+    tiered, base_of = tiered_shapes(
+        shapes, level,
+        p50={p: a[3] for p, a in by_processor.items()}, p90={p: a[4] for p, a in by_processor.items()},
+        has={p: np.logical_or.reduce([fits_base[b] for b, s in enumerate(shapes) if s.processor == p])
+             for p in by_processor},
+        max_utilisation=opts.max_utilization)
+    k = len(tiered)
+    d, h, u, p90, lat = (np.zeros((n, k)) for _ in range(5))
+    eligible = np.zeros((n, k), bool)
+    for j, (s, b) in enumerate(zip(tiered, base_of, strict=True)):
+        _, dev, host, la, p9 = by_processor[s.processor]
+        d[:, j], h[:, j], lat[:, j], p90[:, j] = dev, host, la, p9
+        u[:, j] = rps * la / 1000.0 / s.cores_per_device
+        service_p90 = p9 + s.request_cpu_ms
+        eligible[:, j] = fits_base[b] & admitted(s, level, service_p90)
+    caps = np.array([s.utilisation_cap for s in tiered])
     per_pod = u / opts.min_replicas
-    hot = eligible & (per_pod > cap_u * (1 + TOLERANCE))
-    replicas = np.maximum(opts.min_replicas, np.ceil(u / cap_u - TOLERANCE)).astype(int)
-    demand = Demand([m.id for m in models], list(shapes), d, h, u, p90, lat, eligible, replicas, hot, rps)
+    hot = eligible & (per_pod > caps[None, :] * (1 + TOLERANCE))
+    replicas = np.maximum(opts.min_replicas, np.ceil(u / np.maximum(caps[None, :], 1e-12) - TOLERANCE)).astype(int)
+    demand = Demand([m.id for m in models], tiered, d, h, u, p90, lat, eligible, replicas, hot, rps)
     _require_placeable(models, profiles, demand, slo, opts)
     return demand
 
@@ -118,9 +130,10 @@ def _why_not(m: ModelSpec, i: int, dem: Demand, profiles, slo: np.ndarray, opts:
         elif s.pod_base_mib + dem.h[i, j] > s.host_alloc_mib * (1 + TOLERANCE):
             reasons.setdefault(p, f"needs {dem.h[i, j]:.0f} MiB of host memory, more than a node allocates")
         else:
-            wait = wait_p90_ms(s.cores_per_device, opts.max_utilization, dem.latency[i, j])
-            reasons[p] = (f"SLO p90 {slo[i]:g} ms cannot hold: p90 {dem.p90[i, j]:g} ms + queueing "
-                          f"{wait:.1f} ms at {opts.max_utilization:.0%} utilisation")
+            own = dem.p90[i, j] + s.request_cpu_ms
+            server = f" + {s.request_cpu_ms:g} ms of the server's own work" if s.request_cpu_ms else ""
+            reasons.setdefault(p, f"its p90 alone, {dem.p90[i, j]:g} ms{server} = {own:g} ms, exceeds its SLO p90 of "
+                                  f"{slo[i]:g} ms even on an idle pod")
     return "; ".join(f"{p}: {r}" for p, r in sorted(reasons.items()))
 
 

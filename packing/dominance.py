@@ -9,6 +9,11 @@ from packing.demand import Demand
 from packing.resources import NodeShape
 
 
+def _kind(s: NodeShape) -> tuple:
+    """Shapes compare only within one processor, core count and SLO tier (same models, same cap)."""
+    return (s.processor, s.cores_per_device, s.utilisation_cap, s.slo_ms, s.service_ceiling_ms, s.request_cpu_ms)
+
+
 def undominated(dem: Demand, shapes: Sequence[NodeShape]) -> List[int]:
     """Shapes worth considering. B is dominated by A (same processor, cores and caps) when one A
     node can take the place of any B node at no higher price: at least as many slots, as much
@@ -25,7 +30,7 @@ def undominated(dem: Demand, shapes: Sequence[NodeShape]) -> List[int]:
     for b, sb in enumerate(shapes):
         dominated = False
         for a, sa in enumerate(shapes):
-            if a == b or (sa.processor, sa.cores_per_device, sa.utilisation_cap) != (sb.processor, sb.cores_per_device, sb.utilisation_cap):
+            if a == b or _kind(sa) != _kind(sb):
                 continue
             better = (sa.slots >= sb.slots and sa.price <= sb.price and sa.device_memory_cap_mib >= sb.device_memory_cap_mib
                       and sa.pod_base_mib <= sb.pod_base_mib and sa.host_alloc_mib >= most_host[b]

@@ -126,7 +126,7 @@ class Room:
         self.host = np.array([s.host_per_pod for s in servers])
         self.mem_cap = np.array([dem.shapes[t].device_memory_cap_mib for t in self.shape]) * (1 + TOLERANCE)
         self.host_cap = np.array([dem.shapes[t].host_alloc_mib for t in self.shape]) * (1 + TOLERANCE)
-        self.load_cap = fleet.opts.max_utilization * (1 + TOLERANCE)
+        self.load_cap = np.array([dem.shapes[t].utilisation_cap for t in self.shape]) * (1 + TOLERANCE)
         # Servers already restarting first: a model put there restarts nothing more.
         self.later = np.ones(len(servers), int)
         self.later[list(fleet.changed)] = 0

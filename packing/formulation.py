@@ -19,7 +19,7 @@ import pulp
 
 from packing.classes import Classes
 from packing.colgen import BIG_POD_SPLITS, Pattern
-from packing.resources import NodeShape, nodes_price
+from packing.resources import NodeShape, node_groups, nodes_price
 
 
 @dataclass
@@ -218,12 +218,16 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
                     R P_t + sum_i r_it z_it <= slots_t N_t               one pod per device
                     sum_i R h_it y_it + R base P_t
                       + sum_i r_it (base + h_it) z_it <= host_t N_t      (rho_t) node memory
-    where y are models in shared pods, z hot models' own servers (r_it replicas each).
+    where y are models in shared pods, z hot models' own servers (r_it replicas each). The SLO
+    tiers of one instance type share its nodes: N, the slot row and the host row are per type
+    (the sums run over its tiers), so the bound holds for plans that mix tiers on a node.
     """
     R = min_replicas
     prob = pulp.LpProblem("fluid", pulp.LpMinimize)
     n_cls, n_shapes = len(cls), len(shapes)
-    nodes = [pulp.LpVariable(f"nodes_{t}", lowBound=0) for t in range(n_shapes)]
+    group = node_groups(shapes)
+    types = sorted(set(group))
+    node_of = {g: pulp.LpVariable(f"nodes_{g}", lowBound=0) for g in types}
     pods = [pulp.LpVariable(f"servers_{t}", lowBound=0) for t in range(n_shapes)]
     y: Dict[tuple, pulp.LpVariable] = {}
     z: Dict[tuple, pulp.LpVariable] = {}
@@ -233,7 +237,7 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
                 z[i, t] = pulp.LpVariable(f"own_{i}_{t}", lowBound=0)
             else:
                 y[i, t] = pulp.LpVariable(f"shared_{i}_{t}", lowBound=0)
-    prob += pulp.lpSum(s.price * nodes[t] for t, s in enumerate(shapes))
+    prob += pulp.lpSum(shapes[g].price * node_of[g] for g in types)
     by_class: Dict[int, List] = defaultdict(list)
     by_shape: Dict[int, List] = defaultdict(list)
     for (i, t), v in list(y.items()) + list(z.items()):
@@ -244,6 +248,8 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
         cover[i] = pulp.lpSum(by_class[i]) >= int(cls.count[i])
         prob += cover[i], f"place_{i}"
     host_rows = {}
+    slot_use: Dict[int, List] = defaultdict(list)
+    host_use: Dict[int, List] = defaultdict(list)
     for t, s in enumerate(shapes):
         shared = [(i, v) for i, v, own in by_shape[t] if not own]
         own = [(i, v) for i, v, own in by_shape[t] if own]
@@ -265,14 +271,16 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
                 terms = [(v, float(c)) for (_, v), c in zip(shared, coeffs, strict=True) if c > 0]
                 if terms:
                     prob += pulp.LpAffineExpression(terms) <= pods[t], f"whole_models_{t}_{dim}_{k}"
-        prob += R * pods[t] + pulp.lpSum(int(cls.replicas[i, t]) * v for i, v in own) <= s.slots * nodes[t], f"slots_{t}"
-        host_rows[t] = (pulp.lpSum(R * cls.h_lo[i, t] * v for i, v in shared) + R * s.pod_base_mib * pods[t]
-                        + pulp.lpSum(int(cls.replicas[i, t]) * (s.pod_base_mib + cls.h_lo[i, t]) * v for i, v in own)
-                        <= s.host_alloc_mib * nodes[t])
-        prob += host_rows[t], f"host_{t}"
+        slot_use[group[t]].append(R * pods[t] + pulp.lpSum(int(cls.replicas[i, t]) * v for i, v in own))
+        host_use[group[t]].append(pulp.lpSum(R * cls.h_lo[i, t] * v for i, v in shared) + R * s.pod_base_mib * pods[t]
+                                  + pulp.lpSum(int(cls.replicas[i, t]) * (s.pod_base_mib + cls.h_lo[i, t]) * v for i, v in own))
+    for g in types:
+        prob += pulp.lpSum(slot_use[g]) <= shapes[g].slots * node_of[g], f"slots_{g}"
+        host_rows[g] = pulp.lpSum(host_use[g]) <= shapes[g].host_alloc_mib * node_of[g]
+        prob += host_rows[g], f"host_{g}"
     prob.solve(pulp.HiGHS(msg=False, threads=1))
     if prob.status != pulp.LpStatusOptimal:
         raise RuntimeError(f"the fluid relaxation did not solve: {pulp.LpStatus[prob.status]}")
     pi = np.array([max(0.0, prob.constraints[f"place_{i}"].pi or 0.0) for i in range(n_cls)])
-    rho = np.array([max(0.0, -(prob.constraints[f"host_{t}"].pi or 0.0)) for t in range(n_shapes)])
+    rho = np.array([max(0.0, -(prob.constraints[f"host_{group[t]}"].pi or 0.0)) for t in range(n_shapes)])
     return FluidSolution(float(pulp.value(prob.objective)), pi, rho)

@@ -1,13 +1,14 @@
 """plan_servers: profiles + traffic + instance catalogue -> a Plan with a proven lower bound."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
-from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
+from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures, share_nodes
 from packing.baselines import first_fit_decreasing_by_price
 from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
@@ -15,10 +16,11 @@ from packing.demand import Demand, build_demand
 from packing.dominance import undominated
 from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master, integer_nodes
 from packing.knapsack import quiet_banner
+from packing.latency import Stream, pod_p90_ms
 from packing.loads import ModelLoad, PodLoad
-from packing.queueing import predicted_p90_ms
 from packing.repair import Solved, ffd_nodes, from_baseline, improve, tighten_plan
-from packing.resources import NodeShape, PackingOptions, node_shapes, nodes_price
+from packing.resources import NodeShape, PackingOptions, node_groups, node_shapes, nodes_price
+from packing.tiers import service_of
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
 EXACT_CLASSES_UP_TO = 60
@@ -170,6 +172,10 @@ def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: 
     if ffd.cost_per_hour < ours - 1e-9:
         say(f"first-fit decreasing beats the rounded LP: ${ffd.cost_per_hour:.3f}/h against ${ours:.3f}/h")
         solved = Solved(from_baseline(ffd, dem), dict(ffd_nodes(ffd)), solved.lower, {**solved.info, "integer": "first-fit decreasing"})
+    shared = share_nodes(solved.built, shapes, opts.min_replicas, solved.nodes)
+    if shared is not None:
+        say(f"SLO tiers share nodes: ${nodes_price(solved.nodes, shapes):.3f}/h -> ${nodes_price(shared, shapes):.3f}/h")
+        solved = Solved(solved.built, shared, solved.lower, solved.info, shared_nodes=True)
     return solved
 
 
@@ -186,8 +192,8 @@ def plan_servers(
     quiet_banner()
     start = time.perf_counter()
     deadline = start + opts.time_limit_s
-    shapes = node_shapes(catalogue, opts)
-    dem = build_demand(models, profiles, shapes, opts)
+    dem = build_demand(models, profiles, node_shapes(catalogue, opts), opts)
+    shapes = dem.shapes  # one per instance type and SLO tier
     keep = undominated(dem, shapes)
     if len(keep) < len(shapes):
         say(f"{len(shapes) - len(keep)} instance types dominated by others: "
@@ -199,6 +205,43 @@ def plan_servers(
                       inputs, time.perf_counter() - start)
 
 
+def instance_numbering(nodes: Mapping[int, int], shapes: Sequence[NodeShape]) -> Tuple[Dict[int, int], Dict[str, int]]:
+    """Where each shape's nodes start among its instance type's (tiers of one type each count their
+    own nodes unless they share them), and the instances per type."""
+    offset: Dict[int, int] = {}
+    instances: Dict[str, int] = {}
+    for t in sorted(nodes, key=lambda t: (shapes[t].name, t)):
+        name = shapes[t].name
+        offset[t] = instances.get(name, 0)
+        instances[name] = offset[t] + nodes[t]
+    return offset, {name: n for name, n in sorted(instances.items()) if n > 0}
+
+
+def pod_streams(s: BuiltServer, dem: Demand) -> List[Stream]:
+    """One pod's traffic, model by model, for the latency model (packing/latency.py)."""
+    shape = dem.shapes[s.shape]
+    out = []
+    for m in s.models:
+        service, after = service_of(shape, float(dem.latency[m, s.shape]), float(dem.p90[m, s.shape]))
+        out.append(Stream(float(dem.rps[m]) / s.replicas, service, after))
+    return out
+
+
+def predicted_pod_p90_ms(s: BuiltServer, dem: Demand) -> float:
+    return pod_p90_ms(dem.shapes[s.shape].cores_per_device, pod_streams(s, dem))
+
+
+def pod_cpu_request_m(s: BuiltServer, dem: Demand) -> int:
+    """A cpu slice requests its slice; an accelerator pod its server base plus the server's own
+    work at the pod's rate (rps x ms per request = millicores), within its share of the node."""
+    shape = dem.shapes[s.shape]
+    if shape.processor == "cpu":
+        return shape.pod_cpu_m
+    rate = float(dem.rps[s.models].sum()) / s.replicas
+    share = int(shape.cpu_alloc_m // shape.slots)
+    return int(min(share, max(shape.pod_cpu_m, math.ceil(shape.pod_cpu_m + rate * shape.request_cpu_ms))))
+
+
 def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence[ModelSpec],
                profile_sources: Mapping[str, Mapping[str, str]], catalogue: InstanceCatalogue, opts: PackingOptions,
                inputs: Optional[Mapping[str, str]], solve_seconds: float) -> PlanResult:
@@ -208,29 +251,34 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
     info = solved.info
 
     platform = float(sum(catalogue.platform.values()))
-    instances = {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
+    offset, instances = instance_numbering(nodes, shapes)
+    group = node_groups(shapes)
     cost = nodes_price(nodes, shapes) + platform
     bound = min(lower + platform, cost)
 
     servers_json, pods = [], []
+    models_by_id = {m.id: m for m in models}
     for k in sorted(range(len(built)), key=lambda k: ids[k]):
         s = built[k]
         shape = shapes[s.shape]
-        mem, util, mean_latency, slowest = pod_figures(s, dem)
+        mem, util, _, _ = pod_figures(s, dem)
         accel = shape.accelerator
         model_ids = [dem.model_ids[m] for m in s.models]
+        slos = [models_by_id[i].slo_p90_ms for i in model_ids if models_by_id[i].slo_p90_ms is not None]
+        first = offset[group[s.shape] if solved.shared_nodes else s.shape]
         servers_json.append({
             "id": ids[k], "instance_type": shape.name, "processor": shape.processor, "replicas": s.replicas,
-            "placements": [{"instance_index": n, "device_index": d} for n, d in s.placements],
+            "placements": [{"instance_index": first + n, "device_index": d} for n, d in s.placements],
             "models": model_ids,
-            "requests": {"cpu_m": shape.pod_cpu_m, "memory_mib": memory_request_mib(s),
+            "requests": {"cpu_m": pod_cpu_request_m(s, dem), "memory_mib": memory_request_mib(s),
                          **({"accelerator": {"name": accel[0], "count": accel[1]}} if accel else {})},
             "memory_budget_mib": memory_request_mib(s),
-            "predicted": {"utilisation": round(util, 6),
-                          "p90_ms": round(predicted_p90_ms(shape.cores_per_device, util, mean_latency, slowest), 3)},
+            **({"slo_p90_ms": min(slos)} if slos else {}),
+            "utilisation_cap": round(shape.utilisation_cap, 6),
+            "predicted": {"utilisation": round(util, 6), "p90_ms": round(predicted_pod_p90_ms(s, dem), 3)},
         })
         pods.append(PodLoad(ids[k], shape.name, shape.processor, s.replicas, shape.device_memory_cap_mib,
-                            opts.max_utilization,
+                            shape.utilisation_cap,
                             tuple(ModelLoad(dem.model_ids[m], float(dem.d[m, s.shape]), float(dem.u[m, s.shape]) / s.replicas)
                                   for m in s.models)))
         del mem

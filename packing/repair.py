@@ -22,6 +22,9 @@ class Solved:
     nodes: Dict[int, int]  # shape -> nodes
     lower: float  # proven bound on instance $/h
     info: Dict[str, object]
+    # False: placements index nodes of the server's own shape. True: nodes of its instance type,
+    # shared by that type's SLO tiers (`assemble.share_nodes`), keyed by the type's first shape.
+    shared_nodes: bool = False
 
 
 def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:

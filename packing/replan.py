@@ -71,7 +71,15 @@ NO_CONSOLIDATION = MoveBudget()
 def replicas_needed(models: Sequence[int], t: int, dem: Demand, opts: PackingOptions) -> int:
     """Pods a server of these models needs on shape t: utilisation per pod within the cap."""
     load = float(dem.u[list(models), t].sum())
-    return max(opts.min_replicas, int(math.ceil(load / opts.max_utilization - TOLERANCE)))
+    return max(opts.min_replicas, int(math.ceil(load / dem.shapes[t].utilisation_cap - TOLERANCE)))
+
+
+def best_tier(models: Sequence[int], shapes: Sequence[int], dem: Demand) -> Optional[int]:
+    """Of one instance type's SLO tiers, the one where most of a carried server's models may stay,
+    the highest utilisation cap among those (fewest replicas)."""
+    if not shapes:
+        return None
+    return max(shapes, key=lambda t: (int(dem.eligible[list(models), t].sum()), dem.shapes[t].utilisation_cap, -t))
 
 
 def fit_server(models: Sequence[int], t: int, dem: Demand) -> Tuple[List[int], List[int]]:
@@ -112,14 +120,16 @@ def id_high_water(previous: Plan) -> Dict[str, int]:
 def carry(previous: Plan, dem: Demand, opts: PackingOptions) -> Tuple[Fleet, List[int]]:
     """Step 1: the previous servers on the current inputs, and the models left to pack."""
     index = {m: i for i, m in enumerate(dem.model_ids)}
-    shape_of = {s.name: t for t, s in enumerate(dem.shapes)}
+    tiers_of: Dict[str, List[int]] = {}
+    for t, s in enumerate(dem.shapes):
+        tiers_of.setdefault(s.name, []).append(t)
     fleet = Fleet(dem, opts, pool=NodePool(dem.shapes))
     placed = set()
     pending: List[int] = []
     for prev in sorted(previous.servers, key=lambda s: s.id):
         present = [index[m] for m in prev.models if m in index]
         placed.update(present)
-        t = shape_of.get(prev.instance_type)
+        t = best_tier(present, tiers_of.get(prev.instance_type, []), dem)
         if t is None:  # its instance type is no longer allowed
             pending.extend(present)
             continue

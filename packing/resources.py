@@ -44,8 +44,17 @@ class NodeShape:
     cpu_alloc_m: float
     pod_cpu_m: int  # each pod's CPU request
     pod_base_mib: float  # the server process itself (Python, torch, runtime)
-    utilisation_cap: float
+    utilisation_cap: float  # per pod: --max-utilization, or lower where the pod's SLO tier needs it
     device_memory_mib: float  # the physical device (cpu: the slice's share of allocatable memory)
+    request_cpu_ms: float = 0.0  # the server's own CPU per request (catalogue server_base)
+    # The SLO tier of this shape's pods (packing/tiers.py): a pod holds only models whose SLO is at
+    # least `slo_ms` and whose service p90 is at most `service_ceiling_ms`; inf: no limit.
+    slo_ms: float = math.inf
+    service_ceiling_ms: float = math.inf
+
+    @property
+    def tiered(self) -> bool:
+        return math.isfinite(self.slo_ms)
 
     @property
     def accelerator(self) -> Optional[Tuple[str, int]]:
@@ -61,6 +70,12 @@ class PackingOptions:
     min_replicas: int = 1
     only_instance_types: Optional[Tuple[str, ...]] = None
     time_limit_s: float = 60.0
+
+
+def node_groups(shapes: Sequence[NodeShape]) -> List[int]:
+    """For each shape, the first shape of its instance type: SLO tiers of one type share nodes."""
+    first: Dict[str, int] = {}
+    return [first.setdefault(s.name, t) for t, s in enumerate(shapes)]
 
 
 def nodes_price(nodes: Mapping[int, int], shapes: Sequence[NodeShape]) -> float:
@@ -79,10 +94,23 @@ def _device_cap_mib(t: InstanceType, opts: PackingOptions) -> float:
     return (1.0 - opts.memory_headroom) * device_mib
 
 
+def capacity_memory_mib(t: InstanceType, cat: InstanceCatalogue) -> float:
+    """Memory the kubelet reports as capacity: the nominal size less the VM's own overhead."""
+    return t.memory_gib * MIB_PER_GIB * (1.0 - cat.vm_memory_overhead)
+
+
+def allocatable_memory_mib(t: InstanceType, cat: InstanceCatalogue) -> float:
+    return (capacity_memory_mib(t, cat) - kube_reserved_memory_mib(t.max_pods) - EVICTION_HARD_MIB
+            - cat.daemonset_overhead.memory_mib)
+
+
+def allocatable_cpu_m(t: InstanceType, cat: InstanceCatalogue) -> float:
+    return t.vcpu * 1000 - kube_reserved_cpu_m(t.vcpu) - cat.daemonset_overhead.cpu_m - cat.cpu_reserve_m
+
+
 def node_shape(t: InstanceType, cat: InstanceCatalogue, opts: PackingOptions) -> NodeShape:
-    host_alloc = (t.memory_gib * MIB_PER_GIB - kube_reserved_memory_mib(t.max_pods) - EVICTION_HARD_MIB
-                  - cat.daemonset_overhead.memory_mib)
-    cpu_alloc = t.vcpu * 1000 - kube_reserved_cpu_m(t.vcpu) - cat.daemonset_overhead.cpu_m
+    host_alloc = allocatable_memory_mib(t, cat)
+    cpu_alloc = allocatable_cpu_m(t, cat)
     base_mib, base_cpu = cat.server_base.memory_mib, cat.server_base.cpu_m
     if t.processor == "cpu":
         devices = t.vcpu // cat.cpu_slice_vcpu
@@ -96,14 +124,15 @@ def node_shape(t: InstanceType, cat: InstanceCatalogue, opts: PackingOptions) ->
     else:
         devices = int(t.devices or 0)
         cores = int(t.cores_per_device or 1)
-        # Accelerator pods share the node's CPU evenly: tokenisation and HTTP run there.
-        pod_cpu = max(int(base_cpu), math.floor(cpu_alloc / devices))
+        # An accelerator pod requests what its server needs (the server base); tokenising and HTTP
+        # may burst above it, since no CPU limit is set, into what the node's other pods leave.
+        pod_cpu = int(math.ceil(base_cpu))
         model_cap = _device_cap_mib(t, opts)
         device_mib = float(t.device_memory_gib or 0) * MIB_PER_GIB
     slots = min(devices, t.max_pods)
     if pod_cpu > 0:
         slots = min(slots, int(cpu_alloc // pod_cpu))
-    if pod_cpu < base_cpu or model_cap <= 0 or host_alloc < base_mib or slots < 1:
+    if pod_cpu < base_cpu or pod_cpu > cpu_alloc or model_cap <= 0 or host_alloc < base_mib or slots < 1:
         raise UnusableInstanceType(
             f"{t.name}: after kube-reserved, eviction, DaemonSet overhead and the server base, a pod "
             f"has {pod_cpu} mCPU and {model_cap:.0f} MiB for models: too small to host a server"
@@ -113,6 +142,7 @@ def node_shape(t: InstanceType, cat: InstanceCatalogue, opts: PackingOptions) ->
         device_memory_cap_mib=float(model_cap), cores_per_device=cores, host_alloc_mib=float(host_alloc),
         cpu_alloc_m=float(cpu_alloc), pod_cpu_m=int(pod_cpu), pod_base_mib=float(base_mib),
         utilisation_cap=opts.max_utilization, device_memory_mib=device_mib,
+        request_cpu_ms=cat.server_base.request_cpu_ms,
     )
 
 

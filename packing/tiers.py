@@ -1,0 +1,116 @@
+"""SLO tiers: the latency budget as a per-pod utilisation cap that column generation can price.
+
+A pod's P90 depends on what it holds (packing/latency.py), which no linear pattern can state.
+Tiers make it a fixed number per pattern: a pod of tier (sigma, L) on instance type t holds only
+models whose SLO is at least sigma and whose service p90 on t is at most L, and its utilisation
+is capped at the largest value at which *any* such mix predicts a P90 within sigma
+(`latency.tier_utilisation_cap`, a bound over the tier's worst members). A tier is then just
+another node shape with its own cap and its own eligible models, so every solver, baseline and
+re-planner honours the budget through the caps it already reads.
+
+- sigma runs over the catalogue's distinct SLOs (bucketed down when there are many), plus no SLO;
+- L runs over a geometric ladder of the members' service p90s, kept only where a lower ceiling
+  buys a clearly higher cap (a fast strict model should not wait behind a slow lax one);
+- a model may go to a tier only where it fits the tier's rules; it is refused on a processor
+  only where no tier has room for it, i.e. its own p90 (with the server's work) exceeds its SLO.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from packing.latency import ServiceTime, TierBound, tier_utilisation_cap
+from packing.resources import NodeShape
+
+MAX_SLO_TIERS = 6  # more distinct SLOs than this are rounded down onto a geometric ladder
+SLO_LADDER_RATIO = 1.25
+CEILING_RATIO = 1.6  # service-p90 ladder of the ceilings
+CEILING_GAIN = 1.15  # a lower ceiling is kept only when its cap is this much higher
+TOLERANCE = 1e-9
+
+
+def slo_levels(slo: np.ndarray) -> np.ndarray:
+    """Each model's SLO as its tier sees it (never above the real one): the distinct SLOs, or,
+    past MAX_SLO_TIERS of them, each rounded down onto a geometric ladder from the strictest."""
+    finite = np.isfinite(slo)
+    distinct = np.unique(slo[finite])
+    if distinct.size <= MAX_SLO_TIERS:
+        return slo.copy()
+    base = float(distinct[0])
+    steps = np.floor(np.log(slo[finite] / base) / math.log(SLO_LADDER_RATIO) + TOLERANCE)
+    out = slo.copy()
+    out[finite] = np.minimum(base * SLO_LADDER_RATIO ** steps, slo[finite])
+    return out
+
+
+def service_of(shape: NodeShape, p50_ms: float, p90_ms: float) -> Tuple[ServiceTime, float]:
+    """A model's service time on a pod of `shape`, and the time added after its queue: the server's
+    own work runs on a cpu slice's cores, beside the device on an accelerator's host."""
+    if shape.processor == "cpu":
+        return ServiceTime(p50_ms, p90_ms, shape.request_cpu_ms), 0.0
+    return ServiceTime(p50_ms, p90_ms), shape.request_cpu_ms
+
+
+def _ceilings(services: Sequence[Tuple[ServiceTime, float]], cap_of) -> List[Tuple[float, float]]:
+    """(ceiling, cap) pairs, highest ceiling first, each kept only where it raises the cap enough."""
+    p90s = sorted({s.p90_ms + s.extra_ms + after for s, after in services})
+    ladder: List[float] = []
+    for v in reversed(p90s):
+        if not ladder or v * CEILING_RATIO <= ladder[-1]:
+            ladder.append(v)
+    kept: List[Tuple[float, float]] = []
+    for ceiling in ladder:
+        cap = cap_of(ceiling)
+        if cap <= 0:
+            continue
+        if not kept or cap >= kept[-1][1] * CEILING_GAIN:
+            kept.append((ceiling, cap))
+    return kept
+
+
+def tiered_shapes(shapes: Sequence[NodeShape], slo: np.ndarray, p50: Dict[str, np.ndarray],
+                  p90: Dict[str, np.ndarray], has: Dict[str, np.ndarray],
+                  max_utilisation: float) -> Tuple[List[NodeShape], List[int]]:
+    """Each shape once per tier its models need, and for each new shape the index of its base.
+
+    `slo` is per model (inf: none, already through `slo_levels`); `p50`, `p90`, `has` per processor
+    and model. Without any SLO this returns the shapes as they are."""
+    if not np.isfinite(slo).any():
+        return list(shapes), list(range(len(shapes)))
+    levels = sorted(set(np.unique(slo[np.isfinite(slo)]).tolist())) + [math.inf]
+    out: List[NodeShape] = []
+    base_of: List[int] = []
+    cache: Dict[tuple, List[Tuple[float, float]]] = {}
+    for b, shape in enumerate(shapes):
+        proc = shape.processor
+        for sigma in levels:
+            members = has[proc] & (slo >= sigma * (1 - TOLERANCE))
+            if not members.any():
+                continue
+            if math.isinf(sigma):
+                out.append(dataclasses.replace(shape, utilisation_cap=max_utilisation))
+                base_of.append(b)
+                continue
+            pairs = sorted(set(zip(p50[proc][members].tolist(), p90[proc][members].tolist(), strict=True)))
+            key = (proc, shape.cores_per_device, shape.request_cpu_ms, sigma, tuple(pairs))
+            if key not in cache:
+                services = [service_of(shape, a, q) for a, q in pairs]
+
+                def cap_of(ceiling: float, services=services, cores=shape.cores_per_device, sigma=sigma) -> float:
+                    inside = [(s, after) for s, after in services
+                              if s.p90_ms + s.extra_ms + after <= ceiling * (1 + TOLERANCE)]
+                    return tier_utilisation_cap(cores, TierBound.of(inside), sigma, max_utilisation) if inside else 0.0
+
+                cache[key] = _ceilings(services, cap_of)
+            for ceiling, cap in cache[key]:
+                out.append(dataclasses.replace(shape, utilisation_cap=cap, slo_ms=sigma, service_ceiling_ms=ceiling))
+                base_of.append(b)
+    return out, base_of
+
+
+def admitted(shape: NodeShape, slo: np.ndarray, service_p90: np.ndarray) -> np.ndarray:
+    """Which models a pod of `shape`'s tier may hold (service_p90: p90 + the server's work)."""
+    return (slo >= shape.slo_ms * (1 - TOLERANCE)) & (service_p90 <= shape.service_ceiling_ms * (1 + TOLERANCE))
