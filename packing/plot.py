@@ -63,11 +63,15 @@ def plot_plan(
     plan: contracts.Plan, pods: Sequence[PodLoad], out: Path, title: str | None = None
 ) -> Path:
     """Render the plan as a PNG at `out`, written atomically; returns the path."""
-    ordered = _ordered_pods(plan, pods)
-    fig = _figure(plan, ordered, title)
+    fig = plan_figure(plan, pods, title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return contracts.write_atomic(out, buf.getvalue())
+
+
+def plan_figure(plan: contracts.Plan, pods: Sequence[PodLoad], title: str | None = None) -> Figure:
+    """The figure plot_plan renders, bars by instance type then server id, for a caller that inspects it."""
+    return _figure(plan, _ordered_pods(plan, pods), title)
 
 
 def _ordered_pods(plan: contracts.Plan, pods: Sequence[PodLoad]) -> list[PodLoad]:

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
 from PIL import Image
 from rich.console import Console
 
 import contracts
 from packing.loads import ModelLoad, PodLoad
-from packing.plot import DETAIL_MAX_SERVERS, plot_plan
+from packing.plot import DETAIL_MAX_SERVERS, plan_figure, plot_plan
 from packing.table import plan_table, print_plan_summary, servers_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -221,12 +223,25 @@ def test_print_plan_summary_prints_both_tables() -> None:
     assert "Plan by instance type" in text and "servers by model count" in text
 
 
+def over_cap_marks(figure: Figure) -> list[list[tuple[int, float]]]:
+    """Per panel (memory, utilisation), the (bar index, value) of each over-the-cap marker: the plot's only scatter."""
+    marks = []
+    for ax in figure.axes:
+        points = [tuple(xy) for c in ax.collections if isinstance(c, PathCollection) for xy in c.get_offsets()]
+        marks.append([(int(x), round(float(y), 3)) for x, y in points])
+    return marks
+
+
 def test_plot_marks_pods_over_their_caps(tmp_path: Path) -> None:
-    # Caps that differ per pod take the stepped cap line; an over-full pod takes a marker.
+    # Caps that differ per pod take the stepped cap line; an over-full pod, and only it, takes a marker.
     spec = [*SMALL, ("inf1-0002", "inf1.xlarge", 1, [("huge", 9000, 0.95)])]
     plan = make_plan(spec, SMALL_INSTANCES)
     pods = [dataclasses.replace(p, utilisation_cap=0.6 + 0.05 * i) for i, p in enumerate(make_pods(spec))]
+    # Bars by type then id: cpu-0000, g5-0000, inf1-0000, inf1-0001, inf1-0002 (index 4, over both caps).
+    assert over_cap_marks(plan_figure(plan, pods)) == [[(4, round(9000 / MEMORY_CAP_MIB["inf1"], 3))], [(4, 0.95)]]
     assert_png(plot_plan(plan, pods, tmp_path / "over.png"))
     big_plan, big_pods = synthetic(DETAIL_MAX_SERVERS + 1, 2)
     big_pods[0] = dataclasses.replace(big_pods[0], utilisation_cap=0.5)
+    # Totals sorted high to low within each type, ties by id: s-000000 leads the first (c5.xlarge) group.
+    assert over_cap_marks(plan_figure(big_plan, big_pods)) == [[], [(0, 0.7)]]
     assert_png(plot_plan(big_plan, big_pods, tmp_path / "over-large.png"))
