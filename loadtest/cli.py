@@ -1,7 +1,8 @@
 """`python -m loadtest [MODE ...] --routes routes.json [...]`: the test step.
 
 Modes (any of them, in this order whatever order they are given in):
-  smoke  one request to every server (its first model); the exit code says whether all answered 2xx
+  smoke  every server (its first model) asked until it answers 2xx, with backoff, for at most --deadline-s; the exit
+         code says whether all answered, and each one that did not is named with its last status and error
   seq    every model once, in routes.json's order, one at a time
   rnd    --count models drawn at random (seeded), one at a time
   bmk    closed loop: for each --concurrency N, N clients each sending its next request when the last returns,
@@ -27,6 +28,7 @@ from contracts import ContractError
 from loadtest import report as reporting
 from loadtest.client import Client
 from loadtest.runner import DEFAULT_CONTEXT, DEFAULT_TEXT, RequestSpec, closed_loop, open_loop, sequential
+from loadtest.smoke import failure_lines, smoke
 from loadtest.stats import Curve, Sample, poisson_schedule, random_models, summarise
 from loadtest.targets import Target, first_per_server, load_plan, load_rates, load_routes, resolve
 
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, default=100_000, help="most requests of any one mode or bmk step (default 100000)")
     p.add_argument("--time-limit", type=float, default=1800.0, help="seconds for the whole run; modes stop when it passes (default 1800)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--deadline-s", type=float, default=300.0,
+                   help="smoke: seconds to keep asking a server that does not answer 2xx yet (backoff 1 s doubling to "
+                        "30 s); 0 asks each once (default 300)")
     p.add_argument("--max-connections", type=int, default=256, help="open connections per origin at most (default 256)")
     p.add_argument("--max-error-rate", type=float, default=0.01, help="exit 1 when a mode's errors exceed this fraction (default 0.01)")
     p.add_argument("--text", default=DEFAULT_TEXT, help="the input text of every request")
@@ -137,19 +142,25 @@ def open_rates(targets: Sequence[Target], catalogue: Dict[str, float], scale: fl
 
 
 async def run(args: argparse.Namespace, modes: List[str], targets: List[Target], rates: Dict[str, float],
-              catalogue: Dict[str, float], progress: Progress) -> reporting.Results:
+              catalogue: Dict[str, float], progress: Progress, server_urls: Optional[Dict[str, str]] = None) -> reporting.Results:
     results = reporting.Results(models=len(targets), servers=len({t.server for t in targets}))
     spec = RequestSpec(text=args.text, timeout_s=args.timeout, context=args.context or None)
     deadline = time.perf_counter() + args.time_limit
     by_model = {t.model: t for t in targets}
+    server_urls = server_urls or {}
     async with Client(max_connections=args.max_connections, verify_tls=not args.insecure, headers=parse_headers(args.header)) as client:
         for mode in modes:
             cpu0 = time.process_time()
             count = 0
             if mode == "smoke":
                 chosen = list(first_per_server(targets).values())
-                results.smoke = await sequential(client, chosen, spec, float("inf"), progress.task("smoke", len(chosen)))
-                count = len(results.smoke)
+                found = await smoke(client, chosen, spec, min(deadline, time.perf_counter() + args.deadline_s),
+                                    tick=progress.task("smoke", len(chosen)), seed=args.seed)
+                results.smoke = [r.last for r in found]
+                results.smoke_tries = {r.target.server: {"attempts": r.attempts, "waited_s": round(r.waited_s, 3),
+                                                         "detail": r.detail} for r in found}
+                results.smoke_failures = failure_lines(found, server_urls)
+                count = sum(r.attempts for r in found)
             elif mode == "seq":
                 chosen = targets[: args.max_requests]
                 results.seq = await sequential(client, chosen, spec, deadline, progress.task("seq", len(chosen)))
@@ -201,6 +212,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("count", "max_requests", "max_connections"):
         if getattr(args, name) < 1:
             raise ContractError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
+    if not args.deadline_s >= 0:
+        raise ContractError(f"--deadline-s must be 0 or more seconds, got {args.deadline_s}")
     for name in ("step_duration", "duration", "time_limit", "timeout", "scale"):
         if not getattr(args, name) > 0:
             raise ContractError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
@@ -214,9 +227,8 @@ def verdict(results: reporting.Results, max_error_rate: float) -> List[str]:
     """Why the run failed (empty: it passed)."""
     problems = []
     if results.smoke is not None:
-        for s in results.smoke:
-            if not s.ok:
-                problems.append(f"smoke: server {s.server} did not answer {s.model} ({s.outcome})")
+        problems += results.smoke_failures or [f"smoke: server {s.server} did not answer {s.model} ({s.outcome})"
+                                               for s in results.smoke if not s.ok]
     measured: Dict[str, List[Sample]] = {}
     if results.seq:
         measured["seq"] = results.seq
@@ -266,7 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress.print(f"load test of {len(targets)} model(s) on {servers} server{'' if servers == 1 else 's'} "
                        f"({'through ' + base if base else 'direct to each server'}): {' '.join(modes)}")
         try:
-            results = asyncio.run(run(args, modes, targets, rates, catalogue, progress))
+            results = asyncio.run(run(args, modes, targets, rates, catalogue, progress,
+                                      {sid: s.url for sid, s in routes.servers.items()}))
         except KeyboardInterrupt:
             print("python -m loadtest: interrupted: no report written", file=sys.stderr)
             return 130

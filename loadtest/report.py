@@ -51,7 +51,9 @@ class Results:
     rnd: Optional[List[Sample]] = None
     bmk: Optional[Curve] = None
     open: Optional[OpenLoopResult] = None
-    smoke: Optional[List[Sample]] = None
+    smoke: Optional[List[Sample]] = None  # each server's last try
+    smoke_tries: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per server: attempts, waited_s, detail
+    smoke_failures: List[str] = field(default_factory=list)  # loadtest.smoke.failure_lines
     cpu_ms_per_request: Dict[str, float] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
@@ -124,7 +126,7 @@ def build(results: Results, plan: Optional[Plan], meta: Dict[str, Any]) -> Dict[
                 throughput, throughput_source = summary.throughput_rps, "open loop (offered load, not capacity)"
     if results.smoke is not None:
         modes["smoke"] = [{"server": s.server, "model": s.model, "outcome": s.outcome, "ok": s.ok,
-                           "latency_ms": s.latency_ms} for s in results.smoke]
+                           "latency_ms": s.latency_ms, **results.smoke_tries.get(s.server, {})} for s in results.smoke]
     summary_row = {
         "models": results.models, "servers": results.servers,
         "sequential_ms": _range(seq), "random_ms": _range(rnd),
@@ -204,9 +206,11 @@ def markdown(report: Dict[str, Any]) -> str:
                      f"{fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p90'))} | {fmt_ms(lat.get('p95'))} | {fmt_ms(lat.get('p99'))} | "
                      f"{fmt_ms(lat.get('max'))} | {fmt_ms(cpu.get(key))} |")
     if "smoke" in modes:
-        lines += ["", "## Smoke (one request per server)", "", "| server | model | outcome | latency |", "| --- | --- | --- | --- |"]
+        lines += ["", "## Smoke (each server until it answers or the deadline)", "",
+                  "| server | model | outcome | tries | latency of the last |", "| --- | --- | --- | --- | --- |"]
         for r in modes["smoke"]:
-            lines.append(f"| {r['server']} | {r['model']} | {'ok ' if r['ok'] else 'FAILED '}{r['outcome']} | {fmt_ms(r['latency_ms'])} |")
+            lines.append(f"| {r['server']} | {r['model']} | {'ok ' if r['ok'] else 'FAILED '}{r['outcome']} | "
+                         f"{r.get('attempts', 1)} | {fmt_ms(r['latency_ms'])} |")
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]

@@ -149,7 +149,8 @@ def test_stop_stops_every_server_then_smoke_fails(fleet: Dict[str, Any]) -> None
         assert "Application shutdown complete" in Path(rec["log"]).read_text()  # a drained exit, not a kill
     assert cli.main(["stop", "--state-dir", str(fleet["state_dir"])]) == 0  # nothing left: still fine
     out = fleet["base"] / "smoke"
-    assert loadtest_cli.main(["smoke", "--routes", str(fleet["routes"]), "--out", str(out), "--quiet", "--timeout", "5"]) == 1
+    assert loadtest_cli.main(["smoke", "--routes", str(fleet["routes"]), "--out", str(out), "--quiet", "--timeout", "5",
+                              "--deadline-s", "0"]) == 1
     assert not any(r["ok"] for r in json.loads((out / "report.json").read_text())["modes"]["smoke"])
 
 

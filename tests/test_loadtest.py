@@ -229,7 +229,8 @@ def test_smoke_exit_code_says_whether_every_server_answered(stub: str, tmp_path:
     up = _write_routes(tmp_path, {"s1": stub, "s2": stub}, {"a": "s1", "b": "s2"})
     assert cli.main(["smoke", "--routes", str(up), "--out", str(tmp_path / "r1"), "--quiet"]) == 0
     down = _write_routes(tmp_path, {"s1": stub, "s2": _dead_url()}, {"a": "s1", "b": "s2", "c": "s2"})
-    assert cli.main(["smoke", "--routes", str(down), "--out", str(tmp_path / "r2"), "--quiet", "--timeout", "5"]) == 1
+    assert cli.main(["smoke", "--routes", str(down), "--out", str(tmp_path / "r2"), "--quiet", "--timeout", "5",
+                     "--deadline-s", "0"]) == 1
     smoke = json.loads((tmp_path / "r2" / "report.json").read_text())["modes"]["smoke"]
     assert [(r["server"], r["ok"], r["outcome"]) for r in smoke] == [("s1", True, "200"), ("s2", False, "connect")]
     assert "FAILED connect" in (tmp_path / "r2" / "report.md").read_text()
