@@ -122,7 +122,11 @@ def _price_order(shapes: Sequence[NodeShape]) -> List[int]:
 
 
 def _instances(shapes: Sequence[NodeShape], nodes: Dict[int, int]) -> Dict[str, int]:
-    return {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
+    """Nodes per instance type (the SLO tiers of a type each count their own)."""
+    out: Dict[str, int] = {}
+    for t, n in nodes.items():
+        out[shapes[t].name] = out.get(shapes[t].name, 0) + n
+    return {name: n for name, n in sorted(out.items()) if n > 0}
 
 
 def first_fit_decreasing_by_price(demand: Demand, shapes: Sequence[NodeShape], opts: PackingOptions,

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 import yaml
@@ -28,49 +25,20 @@ from packing.planner import plan_servers
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions, node_shapes
 from tests.bruteforce import BruteForce, packing_cost, violations
+from tests.plan_checks import check_plan, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECK_PLAN = Path(os.environ.get("MODELFLEET_CHECK_PLAN", ROOT.parent / "shared" / "tools" / "check_plan.py"))
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 INSTANCES_YAML = ROOT / "config" / "instances.yaml"
 COST_TOL = 1e-6
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def write_yaml(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
-
 def solve(model_dicts: List[dict], catalogue_dict: dict, opts: PackingOptions):
     models = parse(ModelCatalogue, {"models": model_dicts}, "models.yaml").models
     catalogue = parse(InstanceCatalogue, catalogue_dict, "instances.yaml")
     profiles, sources = resolve_profiles(models)
     return models, catalogue, plan_servers(models, profiles, sources, catalogue, opts)
-
-
-def check_plan(workdir: Path, model_dicts: List[dict], catalogue_dict: Optional[dict], plan_json: dict,
-               max_util: float, max_dev_mib: float, instances_path: Optional[Path] = None) -> dict:
-    """Runs the independent checker; fails the test with its reason on a violation."""
-    if not CHECK_PLAN.is_file():
-        pytest.skip(f"{CHECK_PLAN} not found")
-    models_path = write_yaml(workdir / "models.yaml", {"models": model_dicts})
-    if instances_path is None:
-        # check_plan.py reads device_memory_gib of every server's type, cpu ones too (where it is
-        # optional and unused): give the checker's copy one. The planner never saw it.
-        catalogue_dict = json.loads(json.dumps(catalogue_dict))
-        for t in catalogue_dict["instances"]:
-            if t["processor"] == "cpu":
-                t.setdefault("device_memory_gib", t["memory_gib"])
-    inst_path = instances_path or write_yaml(workdir / "instances.yaml", catalogue_dict)
-    plan_path = workdir / "plan.json"
-    plan_path.write_text(json.dumps(plan_json), encoding="utf-8")
-    proc = subprocess.run([PYTHON, str(CHECK_PLAN), str(models_path), str(inst_path), str(plan_path),
-                           repr(max_util), repr(max_dev_mib)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"check_plan.py rejects the plan: {proc.stdout}{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def nodes_described(plan) -> List[str]:
@@ -265,7 +233,8 @@ def test_pods_fit_their_nodes_one_by_one(n):
     opts = PackingOptions(time_limit_s=20.0)
     models, catalogue, result = solve(model_dicts, catalogue_dict, opts)
     shapes = node_shapes(catalogue, opts)
-    assert [(s.slots, s.host_alloc_mib, s.pod_base_mib) for s in shapes] == [(2, pytest.approx(1484.4), 0.0), (1, pytest.approx(1484.4), 0.0)]
+    alloc = pytest.approx(1484.4)
+    assert [(s.slots, s.host_alloc_mib, s.pod_base_mib) for s in shapes] == [(2, alloc, 0.0), (1, alloc, 0.0)]
     if n <= 6:
         assert BruteForce(models, shapes, opts.max_utilization).solve()[0] == pytest.approx(0.9 * n)
     assert violations(result.plan, models, shapes, opts.max_utilization) == []
