@@ -241,6 +241,20 @@ def test_metrics_after_requests(main_server):
     assert main_server.get("/docs").status == 200 and "/v2/models/{model_id}/infer" in main_server.get("/openapi.json").json()["paths"]
 
 
+def test_served_outputs_and_percentiles_agree_with_tracing(main_server, serving_store):
+    """What tracing wrote and what the server answers name the same outputs; the profiles' percentile (tracing)
+    and the load test's are one definition (at q * n = 0.7 * 10 a ceil without tolerance takes rank 8, not 7)."""
+    from loadtest.stats import percentile as served_percentile
+    from tracing.measure import percentile as profiled_percentile
+
+    for model_id, entry in serving_store.entries.items():
+        meta = main_server.get(f"/v2/models/{model_id}").json()
+        assert [o["name"] for o in meta["outputs"]] == list(entry.outputs), model_id
+    samples = [float(v) for v in range(10, 0, -1)]  # 10 .. 1: the rank is the value
+    for q, rank in ((0.0, 1), (0.5, 5), (0.7, 7), (0.9, 9), (0.95, 10), (0.99, 10), (1.0, 10)):
+        assert profiled_percentile(samples, q) == served_percentile(samples, q) == rank, q
+
+
 # ---- servers with faults (started together, so their start-ups overlap) ----
 class FaultServers:
     """Servers started together (so their start-ups overlap); one that a test has stopped is started again on demand."""
