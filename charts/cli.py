@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from charts.typecheck import skip_jsii_type_checks
 from contracts import ContractError
 
 EXIT_BAD_INPUT = 2
@@ -42,20 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes that build the servers' objects (plans of 100+ servers); 1 builds in this one")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return parser
-
-
-def skip_jsii_type_checks(force: bool = False) -> None:
-    """jsii checks every struct's Python types with typeguard before it crosses to Node: a third of synth's
-    time. The tests build the same constructs with the checks on (and Node checks the types again), so
-    the command turns them off unless CHARTS_TYPECHECK=1. Process-wide: only the command does this."""
-    if os.environ.get("CHARTS_TYPECHECK") == "1" and not force:
-        return
-    import jsii._type_checking as checking
-
-    from charts.synth import _no_type_check
-
-    if hasattr(checking, "_resolved_check"):
-        checking._resolved_check = _no_type_check
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -34,6 +34,35 @@ def nlb_annotations(internal: bool) -> dict:
     }
 
 
+def envoy_pod_selector(gateway_name: str, gateway_namespace: str) -> dict:
+    """What selects the proxy pods of this Gateway (the labels Envoy Gateway puts on them)."""
+    return {**c.ENVOY_PROXY_POD_LABELS, c.ENVOY_OWNING_GATEWAY_NAME_LABEL: gateway_name,
+            c.ENVOY_OWNING_GATEWAY_NAMESPACE_LABEL: gateway_namespace}
+
+
+def envoy_provider(props: ClusterWideProps) -> gw.EnvoyProxyKubernetesProvider:
+    """Envoy's Service (the NLB), and its Deployment run as the fleet's front door: two or more proxies spread
+    over zones and nodes, requests so the scheduler reserves room, an HPA on CPU and a PDB that lets a drain
+    take one proxy at a time. nodeTaintsPolicy Honor: zones holding only tainted plan nodes, where no proxy
+    may go, do not count as empty zones (they would hold every proxy Pending)."""
+    selector = {"matchLabels": envoy_pod_selector(props.gateway_name, props.namespace)}
+
+    def spread(key: str) -> dict:
+        return {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "DoNotSchedule", "labelSelector": selector,
+                "matchLabelKeys": ["pod-template-hash"], "nodeTaintsPolicy": "Honor"}
+    return gw.EnvoyProxyKubernetesProvider(
+        envoy_service=gw.EnvoyServiceSpec(type="LoadBalancer", annotations=nlb_annotations(props.internal)),
+        envoy_deployment=gw.EnvoyDeploymentSpec(
+            pod={"topologySpreadConstraints": [spread(c.ZONE_LABEL), spread(c.HOSTNAME_LABEL)]},
+            container={"resources": {"requests": dict(c.ENVOY_PROXY_REQUESTS),
+                                     "limits": {"memory": c.ENVOY_PROXY_MEMORY_LIMIT}}}),
+        envoy_hpa=gw.EnvoyHpaSpec(
+            min_replicas=c.ENVOY_PROXY_MIN_REPLICAS, max_replicas=c.ENVOY_PROXY_MAX_REPLICAS,
+            metrics=[{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": c.ENVOY_PROXY_CPU_TARGET_PERCENT}}}]),
+        envoy_pdb=gw.EnvoyPdbSpec(max_unavailable=1))
+
+
 class ClusterWide(Construct):
     def __init__(self, scope: Construct, id: str, props: ClusterWideProps) -> None:
         super().__init__(scope, id)
@@ -69,8 +98,7 @@ class ClusterWide(Construct):
 
         self.envoy_proxy = gw.EnvoyProxy(
             self, "envoy-proxy", metadata={"name": props.envoy_proxy_name, "namespace": c.ENVOY_GATEWAY_NAMESPACE, "labels": part_of},
-            spec=gw.EnvoyProxySpec(provider=gw.EnvoyProxyProvider(kubernetes=gw.EnvoyProxyKubernetesProvider(
-                envoy_service=gw.EnvoyServiceSpec(type="LoadBalancer", annotations=nlb_annotations(props.internal))))))
+            spec=gw.EnvoyProxySpec(provider=gw.EnvoyProxyProvider(kubernetes=envoy_provider(props))))
         self.gateway_class = gw.GatewayClass(
             self, "gateway-class", metadata={"name": props.gateway_class_name, "labels": part_of},
             spec=gw.GatewayClassSpec(

@@ -1,25 +1,38 @@
 """Names and numbers that charts/ and stacks/ must agree on. No cdk8s import here: stacks/ reads these
 without starting jsii.
 
-Node group taints (the stacks put them on node groups; the charts tolerate them):
-
-| processor  | taint key                 | effect     |
-| ---------- | ------------------------- | ---------- |
-| inf1, inf2 | `aws.amazon.com/neuron`   | NoSchedule |
-| gpu        | `nvidia.com/gpu`          | NoSchedule |
-| cpu        | none                      |            |
-
-The pods tolerate the key with `operator: Exists`, so any taint value works (the stacks use "true").
+Node group taints: the stacks put `modelfleet.io/plan-node=<processor>:NoSchedule` on every plan node
+group (cpu too) and the servers tolerate it (`operator: Equal`, value their processor): only the servers
+of that processor land there, and add-ons (CoreDNS, controllers, Envoy), which tolerate none of it, stay on the untainted system node
+group. A DaemonSet that must run on plan nodes (a device plugin) tolerates the key with `operator: Exists`.
+Accelerator pods also tolerate their device's usual taint key (`nvidia.com/gpu`, `aws.amazon.com/neuron`)
+with `Exists`, so a node group that carries it as well still takes them.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
+# The pod contract's numbers and the routed path prefixes are the contracts' own; re-exported for the stacks.
+from contracts.pod import GRACE_SECONDS, MODEL_CACHE_DIR, PORT, SERVER_LABEL  # noqa: F401
+from contracts.routes import ROUTE_PREFIXES  # noqa: F401
+
+PLAN_NODE_TAINT_KEY = "modelfleet.io/plan-node"
+TAINT_EFFECT = "NoSchedule"
 NEURON_TAINT_KEY = "aws.amazon.com/neuron"
 GPU_TAINT_KEY = "nvidia.com/gpu"
-TAINT_EFFECT = "NoSchedule"
-TAINT_VALUE = "true"
-TAINT_KEYS: Dict[str, Optional[str]] = {"cpu": None, "gpu": GPU_TAINT_KEY, "inf1": NEURON_TAINT_KEY, "inf2": NEURON_TAINT_KEY}
+TAINT_KEYS: Dict[str, str] = {p: PLAN_NODE_TAINT_KEY for p in ("cpu", "gpu", "inf1", "inf2")}
+# The plan-node taint's value per processor (the processor itself).
+TAINT_VALUES: Dict[str, str] = {p: p for p in TAINT_KEYS}
+# Device taints accelerator pods tolerate besides (Exists): harmless where no node group carries them.
+DEVICE_TAINT_KEYS: Dict[str, Optional[str]] = {"cpu": None, "gpu": GPU_TAINT_KEY, "inf1": NEURON_TAINT_KEY,
+                                               "inf2": NEURON_TAINT_KEY}
+TAINT_VALUE = "true"  # the value the stacks give a device taint
+
+
+def plan_node_taint(processor: str) -> tuple[str, str, str]:
+    """(key, value, effect) of the taint on every plan node group of `processor`."""
+    return PLAN_NODE_TAINT_KEY, TAINT_VALUES[processor], TAINT_EFFECT
+
 
 # Extended resources the device plugins advertise (one device: an Inferentia chip or a GPU).
 ACCELERATOR_RESOURCE: Dict[str, Optional[str]] = {
@@ -35,27 +48,35 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "modelfleet"
 NAME_LABEL = "app.kubernetes.io/name"
 NAME = "modelfleet-server"
-SERVER_LABEL = "modelfleet.io/server"
 PROCESSOR_LABEL = "modelfleet.io/processor"
 MODELS_DIGEST_ANNOTATION = "modelfleet.io/models-sha256"
 
-PORT = 8080
 PORT_NAME = "http"
 CONTAINER_NAME = "server"
 SERVICE_ACCOUNT = "modelfleet-server"
 RUN_AS_UID = 10001  # the serving images' user (serving/docker/Dockerfile.*)
-MODEL_CACHE_DIR = "/var/cache/modelfleet"
-GRACE_SECONDS = 25  # the server's drain time after SIGTERM (serving's GRACE_SECONDS default)
 
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
 ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
+# The Envoy proxies in front of the whole fleet: at least two, spread over zones and nodes, on the system
+# node group (they tolerate no plan-node taint). Their HPA's maximum fits that group's default maximum
+# (stacks/defaults.py system_max_nodes, 4): one proxy per node at most there, two per node before that.
+ENVOY_PROXY_MIN_REPLICAS = 2
+ENVOY_PROXY_MAX_REPLICAS = 4
+ENVOY_PROXY_CPU_TARGET_PERCENT = 60
+ENVOY_PROXY_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+ENVOY_PROXY_MEMORY_LIMIT = "1Gi"
+# The labels Envoy Gateway gives every proxy pod of a Gateway (internal/infrastructure/kubernetes/proxy).
+ENVOY_PROXY_POD_LABELS = {"app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy",
+                          "app.kubernetes.io/managed-by": "envoy-gateway"}
+ENVOY_OWNING_GATEWAY_NAME_LABEL = "gateway.envoyproxy.io/owning-gateway-name"
+ENVOY_OWNING_GATEWAY_NAMESPACE_LABEL = "gateway.envoyproxy.io/owning-gateway-namespace"
 
 # Gateway API v1.6.1 HTTPRoute limits (../shared/crds/README.md): the 128 is a CEL rule that schema
 # validation does not run, so routes are split here and a test counts.
 MAX_MATCHES_PER_ROUTE = 128
 MAX_MATCHES_PER_RULE = 64
 MAX_RULES_PER_ROUTE = 16
-ROUTE_PREFIXES = ("/predictions/", "/v2/models/")
 
 # Helm: a release is stored in one Secret (1 MiB). Shards hold at most this many bytes of templates,
 # so template + rendered manifest stay below ~0.5 MiB before gzip even in the worst case.

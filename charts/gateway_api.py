@@ -23,9 +23,10 @@ def _camel(name: str) -> str:
 
 
 def to_json(value: Any) -> Any:
-    """Props -> the API's JSON: camelCase keys, None left out."""
+    """Props -> the API's JSON: camelCase keys (or a field's `json` metadata where the API spells it otherwise),
+    None left out. Dicts are passed through as they are: they hold core Kubernetes types in the API's JSON."""
     if dataclasses.is_dataclass(value):
-        return {_camel(f.name): to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
+        return {f.metadata.get("json", _camel(f.name)): to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
                 if getattr(value, f.name) is not None}
     if isinstance(value, list):
         return [to_json(v) for v in value]
@@ -131,7 +132,9 @@ class HTTPRouteSpec:
     hostnames: Optional[List[str]] = None
 
 
-# --- EnvoyProxy (Envoy Gateway's own API; its CRD is not among ../shared/crds) ------------------------
+# --- EnvoyProxy (Envoy Gateway v1.7's own API; its CRD is not among ../shared/crds) ------------------------
+# Fields as in Envoy Gateway v1.7.4's api/v1alpha1 (KubernetesDeploymentSpec, KubernetesHorizontalPodAutoscalerSpec,
+# KubernetesPodDisruptionBudgetSpec); the pod and container parts are core Kubernetes types, given as their JSON.
 
 @dataclass(frozen=True)
 class EnvoyServiceSpec:
@@ -141,8 +144,33 @@ class EnvoyServiceSpec:
 
 
 @dataclass(frozen=True)
+class EnvoyDeploymentSpec:
+    """No replicas while an HPA is set: Envoy Gateway would reset the count to it on every reconcile."""
+
+    pod: Optional[Dict[str, Any]] = None  # KubernetesPodSpec: topologySpreadConstraints, affinity, tolerations, ...
+    container: Optional[Dict[str, Any]] = None  # KubernetesContainerSpec: resources, ...
+    replicas: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class EnvoyHpaSpec:
+    max_replicas: int
+    min_replicas: Optional[int] = None
+    metrics: Optional[List[Dict[str, Any]]] = None  # autoscaling/v2 MetricSpec; Envoy Gateway's default is 80% CPU
+
+
+@dataclass(frozen=True)
+class EnvoyPdbSpec:
+    min_available: Optional[int] = None
+    max_unavailable: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class EnvoyProxyKubernetesProvider:
     envoy_service: EnvoyServiceSpec
+    envoy_deployment: Optional[EnvoyDeploymentSpec] = None
+    envoy_hpa: Optional[EnvoyHpaSpec] = None
+    envoy_pdb: Optional[EnvoyPdbSpec] = field(default=None, metadata={"json": "envoyPDB"})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import math
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from charts import constants as c
+from charts.capacity import hpa_max_for, node_group_max
+from contracts import InstanceType, Server
 
 
 def server_labels(server_id: str, processor: str) -> Dict[str, str]:
@@ -66,6 +68,26 @@ def startup_failure_threshold(n_models: int, memory_budget_mib: float, *, base_s
 def hpa_bounds(replicas: int, hpa_max: int) -> Tuple[int, int]:
     """HPA min is the plan's replicas (the plan's capacity and redundancy); max is the config's, never below min."""
     return replicas, max(replicas, hpa_max)
+
+
+def pods_per_node(server: Server, instance: InstanceType, cpu_slice_vcpu: int) -> int:
+    """How many of this server's pods one node of its type holds: its devices over the devices a pod asks
+    for (accelerators), or its cpu slices over the slices a pod's CPU request spans (cpu). At least 1."""
+    accel = server.requests.accelerator
+    if accel is not None:
+        return max(1, (instance.devices or 1) // accel.count)
+    slices = instance.vcpu // cpu_slice_vcpu
+    per_pod = max(1, math.ceil(server.requests.cpu_m / (cpu_slice_vcpu * 1000)))
+    return max(1, slices // per_pod)
+
+
+def hpa_max(server: Server, instance: InstanceType, nodes_in_plan: int, burst_factor: float, configured_max: int,
+            cpu_slice_vcpu: int) -> int:
+    """The server's HPA maximum: the config's, cut to what its node group can hold at the group's maximum size
+    (the stacks size it ceil(nodes x burst_factor) with the same function), never below the plan's replicas.
+    Per server: every server of a group at its maximum at once may still outgrow the group."""
+    spare = node_group_max(nodes_in_plan, burst_factor) - nodes_in_plan
+    return hpa_max_for(server.replicas, pods_per_node(server, instance, cpu_slice_vcpu), spare, configured_max)
 
 
 def spread_hostname_strict(replicas: int, instance_indices: Iterable[int]) -> bool:

@@ -9,7 +9,8 @@ from constructs import Construct
 from charts import constants as c
 from charts import gateway_api as gw
 from charts import naming
-from contracts import Plan, Routes
+from contracts import Plan
+from contracts.routes import routes_for
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,5 @@ class ServerRoutes(Construct):
 
 
 def routes_document(plan: Plan, namespace: str, base_url: str) -> Dict[str, Any]:
-    """routes.json (ARCHITECTURE.md): each model's path through the gateway and each server's in-cluster URL."""
-    doc = {
-        "base_url": base_url,
-        "models": {m: {"server": s.id, "path": f"{c.ROUTE_PREFIXES[0]}{m}"} for s in plan.servers for m in s.models},
-        "servers": {s.id: {"url": naming.service_url(s.id, namespace), "models": list(s.models)} for s in plan.servers},
-    }
-    Routes.model_validate(doc)  # the contract the load test reads
-    return doc
+    """routes.json for the cluster: each model's path through the gateway, each server's in-cluster URL."""
+    return routes_for(plan, base_url, lambda s: naming.service_url(s.id, namespace)).model_dump(mode="json")

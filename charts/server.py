@@ -11,6 +11,7 @@ from charts import constants as c
 from charts import naming
 from charts.routes import ServerRoutes, ServerRoutesProps
 from contracts import Server
+from contracts.pod import pod_env
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ModelServerProps:
     store_uri: str
     gateway_name: str
     gateway_host: str
-    hpa_max: int
+    hpa_max: int  # already cut to what the node group can hold (naming.hpa_max)
     cpu_target_percent: int = 70
     startup: StartupBudget = StartupBudget()
     service_account: str = c.SERVICE_ACCOUNT
@@ -44,8 +45,21 @@ def _port() -> k8s.IntOrString:
 
 
 def tolerations(processor: str) -> List[k8s.Toleration]:
-    key = c.TAINT_KEYS[processor]
-    return [] if key is None else [k8s.Toleration(key=key, operator="Exists", effect=c.TAINT_EFFECT)]
+    """The plan-node taint of this processor's node groups (its value only: a cpu pod must not land on a gpu
+    node), and an accelerator's device taint where a node group carries one too (charts.constants)."""
+    key, value, effect = c.plan_node_taint(processor)
+    out = [k8s.Toleration(key=key, operator="Equal", value=value, effect=effect)]
+    device = c.DEVICE_TAINT_KEYS[processor]
+    if device is not None:
+        out.append(k8s.Toleration(key=device, operator="Exists", effect=effect))
+    return out
+
+
+def env_vars(server: Server, store_uri: str, config_map: str) -> List[k8s.EnvVar]:
+    """The pod contract's environment (contracts.pod); MODEL_IDS comes from the server's ConfigMap."""
+    return [k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(config_map_key_ref=k8s.ConfigMapKeySelector(
+                name=config_map, key=name))) if name == "MODEL_IDS" else k8s.EnvVar(name=name, value=value)
+            for name, value in pod_env(server, store_uri).items()]
 
 
 def resources(server: Server) -> k8s.ResourceRequirements:
@@ -92,7 +106,8 @@ class ModelServer(Construct):
         def meta(name: str) -> k8s.ObjectMeta:
             return k8s.ObjectMeta(name=name, namespace=ns, labels=labels)
 
-        self.config_map = k8s.KubeConfigMap(self, "models", metadata=meta(cm_name), data={"MODEL_IDS": ",".join(s.models)})
+        self.config_map = k8s.KubeConfigMap(self, "models", metadata=meta(cm_name),
+                                            data={"MODEL_IDS": pod_env(s, props.store_uri)["MODEL_IDS"]})
 
         st = props.startup
         threshold = naming.startup_failure_threshold(
@@ -102,19 +117,10 @@ class ModelServer(Construct):
         container = k8s.Container(
             name=c.CONTAINER_NAME,
             image=props.image,
-            image_pull_policy="Always",
+            # Tags are immutable (the config refuses "latest"): a node that has the image need not ask ECR again.
+            image_pull_policy="IfNotPresent",
             ports=[k8s.ContainerPort(name=c.PORT_NAME, container_port=c.PORT, protocol="TCP")],
-            env=[
-                k8s.EnvVar(name="SERVER_ID", value=s.id),
-                k8s.EnvVar(name="MODEL_IDS", value_from=k8s.EnvVarSource(
-                    config_map_key_ref=k8s.ConfigMapKeySelector(name=cm_name, key="MODEL_IDS"))),
-                k8s.EnvVar(name="STORE_URI", value=props.store_uri),
-                k8s.EnvVar(name="MEMORY_BUDGET_MIB", value=str(s.memory_budget_mib)),
-                k8s.EnvVar(name="PORT", value=str(c.PORT)),
-                k8s.EnvVar(name="MODEL_CACHE_DIR", value=c.MODEL_CACHE_DIR),
-                k8s.EnvVar(name="PROCESSOR", value=s.processor),
-                k8s.EnvVar(name="GRACE_SECONDS", value=str(c.GRACE_SECONDS)),
-            ],
+            env=env_vars(s, props.store_uri, cm_name),
             resources=resources(s),
             startup_probe=k8s.Probe(http_get=http(path="/readyz", port=_port()), period_seconds=st.period_seconds,
                                     failure_threshold=threshold, timeout_seconds=5),
@@ -138,7 +144,7 @@ class ModelServer(Construct):
             # The IRSA webhook mounts its own projected token; the API token is not needed.
             automount_service_account_token=False,
             node_selector={c.INSTANCE_TYPE_LABEL: s.instance_type},
-            tolerations=tolerations(s.processor) or None,
+            tolerations=tolerations(s.processor),
             topology_spread_constraints=spread(s),
             termination_grace_period_seconds=c.GRACE_SECONDS + 15,
             security_context=k8s.PodSecurityContext(
@@ -149,8 +155,10 @@ class ModelServer(Construct):
         )
         self.deployment = k8s.KubeDeployment(
             self, "deployment", metadata=meta(s.id),
+            # No replicas: the HPA owns the count (its minimum is the plan's replicas). Helm 4 applies
+            # server-side, and a replicas field here would conflict with the HPA's field manager on the first
+            # upgrade after a scale-out. A new Deployment starts at one pod until the HPA raises it.
             spec=k8s.DeploymentSpec(
-                replicas=s.replicas,
                 revision_history_limit=3,
                 # A pod may load for the whole startup budget before the rollout counts as stuck.
                 progress_deadline_seconds=threshold * st.period_seconds + 300,

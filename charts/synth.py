@@ -29,13 +29,9 @@ from charts.cluster import ClusterWide, ClusterWideProps
 from charts.config import EnvConfig
 from charts.routes import routes_document
 from charts.server import ModelServer, ModelServerProps, StartupBudget
+from charts.typecheck import skip_jsii_type_checks, type_checks_on
 from charts.validation import check_plan
 from contracts import ContractError, InstanceCatalogue, Plan, Server, load
-
-
-def _no_type_check(**_kwargs: Any) -> None:
-    """Stands in for jsii's typeguard check when the command turns the checks off."""
-
 
 MARKER = ".modelfleet-charts"  # an --out folder without it is never replaced
 SERVERS_PER_APP = 25  # cdk8s validates the whole App on every Chart.toJson(): keep Apps small
@@ -129,8 +125,23 @@ def build_cluster(config: EnvConfig) -> List[dict]:
     return chart.to_json()
 
 
-def build_servers(plan: Plan, config: EnvConfig) -> Dict[str, List[dict]]:
-    """Each server's objects (with placeholders), in plan order."""
+def hpa_maxima(plan: Plan, instances: InstanceCatalogue, config: EnvConfig) -> Dict[str, int]:
+    """Each server's HPA maximum: the config's `replicas.hpa_max`, cut to what its node group holds at its
+    maximum size. The node groups are the stacks' (one per instance type, max ceil(count x burst_factor) with
+    `stacks.burst_factor` of the config); a config without a burst factor gets HPAs that stay at the plan's
+    replicas, since no headroom is known."""
+    stacks = config.stacks
+    burst = stacks.get("burst_factor") if isinstance(stacks, dict) else getattr(stacks, "burst_factor", None)
+    burst = 1.0 if burst is None else float(burst)
+    types = instances.by_name()
+    return {s.id: naming.hpa_max(s, types[s.instance_type], int(plan.instances.get(s.instance_type, 0)), burst,
+                                 config.replicas.hpa_max, instances.cpu_slice_vcpu)
+            for s in plan.servers}
+
+
+def build_servers(plan: Plan, config: EnvConfig, hpa_max: Optional[Dict[str, int]] = None) -> Dict[str, List[dict]]:
+    """Each server's objects (with placeholders), in plan order. `hpa_max`: per server (hpa_maxima); without
+    it, the config's maximum."""
     st = config.startup
     startup = StartupBudget(base_seconds=st.base_seconds, seconds_per_model=st.seconds_per_model,
                             load_mib_per_second=st.load_mib_per_second, period_seconds=st.period_seconds)
@@ -143,34 +154,34 @@ def build_servers(plan: Plan, config: EnvConfig) -> Dict[str, List[dict]]:
             ModelServer(chart, s.id, ModelServerProps(
                 server=s, namespace=config.namespace, image=image, store_uri=placeholder("storeUri"),
                 gateway_name=config.gateway.name, gateway_host=config.gateway.host,
-                hpa_max=config.replicas.hpa_max, cpu_target_percent=config.replicas.cpu_target_percent, startup=startup))
+                hpa_max=(hpa_max or {}).get(s.id, config.replicas.hpa_max),
+                cpu_target_percent=config.replicas.cpu_target_percent, startup=startup))
         for obj in chart.to_json():
             out[obj["metadata"]["labels"][c.SERVER_LABEL]].append(obj)
     return out
 
 
-def _build_slice(servers: List[Dict[str, Any]], config: Dict[str, Any], type_checks: bool) -> Dict[str, List[dict]]:
+def _build_slice(servers: List[Dict[str, Any]], config: Dict[str, Any], hpa_max: Dict[str, int],
+                 type_checks: bool) -> Dict[str, List[dict]]:
     """A worker process's share (spawned: a fresh Python and its own Node)."""
     if not type_checks:
-        from charts.cli import skip_jsii_type_checks
-
         skip_jsii_type_checks(force=True)
     plan = Plan.model_construct(servers=[Server.model_validate(x) for x in servers])
-    return build_servers(plan, EnvConfig.model_validate(config))
+    return build_servers(plan, EnvConfig.model_validate(config), hpa_max)
 
 
-def build_servers_parallel(plan: Plan, config: EnvConfig, jobs: int) -> Dict[str, List[dict]]:
+def build_servers_parallel(plan: Plan, config: EnvConfig, jobs: int,
+                           hpa_max: Optional[Dict[str, int]] = None) -> Dict[str, List[dict]]:
     """The same as build_servers, in `jobs` processes (each Node kernel runs single-threaded)."""
     if jobs <= 1 or len(plan.servers) < 4 * SERVERS_PER_APP:
-        return build_servers(plan, config)
-    from jsii import _type_checking
-
-    type_checks = getattr(_type_checking, "_resolved_check", None) is not _no_type_check
+        return build_servers(plan, config, hpa_max)
+    type_checks = type_checks_on()
     servers = [s.model_dump(mode="json") for s in plan.servers]
     step = -(-len(servers) // jobs)
     out: Dict[str, List[dict]] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_build_slice, servers[i:i + step], config.model_dump(mode="json"), type_checks)
+        futures = [pool.submit(_build_slice, servers[i:i + step], config.model_dump(mode="json"), dict(hpa_max or {}),
+                               type_checks)
                    for i in range(0, len(servers), step)]
         for f in futures:
             out.update(f.result())
@@ -277,13 +288,13 @@ def synth(plan_path: Path, config_path: Path, out: Path, instances_path: Path = 
     """Validate, build and write dist/ atomically. Raises ContractError (nothing written) on a bad input."""
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
-    plan, config, _ = load_inputs(plan_path, config_path, instances_path)
+    plan, config, instances = load_inputs(plan_path, config_path, instances_path)
     out = Path(out).resolve()
     check_out(out)
     digest = hashlib.sha256(Path(plan_path).read_bytes()).hexdigest()
     say(f"{len(plan.servers)} servers: building")
     cluster = build_cluster(config)
-    servers = build_servers_parallel(plan, config, jobs)
+    servers = build_servers_parallel(plan, config, jobs, hpa_maxima(plan, instances, config))
     say("writing")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))

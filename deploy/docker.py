@@ -20,6 +20,7 @@ from urllib.request import url2pathname
 
 from charts import constants as c
 from contracts import Plan, Server, write_json_atomic
+from contracts.pod import pod_env
 from deploy.local import HOST, free_port, normalise_store, routes_document
 from deploy.readiness import DeployError, Probe, RuntimeMissing, wait_ready
 from deploy.state import clear_state, read_state, write_state
@@ -65,10 +66,7 @@ def run_command(server: Server, image: str, store_uri: str, port: int, environ: 
     cmd = ["docker", "run", "--detach", "--name", container_name(server.id),
            "--label", f"{c.PART_OF_LABEL}={c.PART_OF}", "--label", f"{c.SERVER_LABEL}={server.id}",
            "--publish", f"{HOST}:{port}:{c.PORT}", "--read-only", "--tmpfs", "/tmp", "--tmpfs", c.MODEL_CACHE_DIR]
-    env = {"SERVER_ID": server.id, "MODEL_IDS": ",".join(server.models), "STORE_URI": inside_uri,
-           "MEMORY_BUDGET_MIB": str(server.memory_budget_mib), "PORT": str(c.PORT), "MODEL_CACHE_DIR": c.MODEL_CACHE_DIR,
-           "PROCESSOR": server.processor, "GRACE_SECONDS": str(c.GRACE_SECONDS)}
-    for key, value in env.items():
+    for key, value in pod_env(server, inside_uri).items():
         cmd += ["--env", f"{key}={value}"]
     for key in AWS_VARS:
         if key in environ:

@@ -25,18 +25,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
-from contracts import Plan, Routes, Server, check_dns_label, write_json_atomic
+from contracts import Plan, Server, check_dns_label, write_json_atomic
+from contracts.pod import POD_ENV_NAMES, pod_env
+from contracts.routes import routes_for
 from deploy.readiness import DeployError, InputError, Probe, log_tail, wait_ready
 from deploy.state import clear_state, read_state, write_state
 from store import FileStore, StoreError, open_store
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m serving` is importable
 HOST = "127.0.0.1"
-PREDICTION_PATH = "/predictions/"
 # Pod-contract and tuning variables of this shell must not leak into the servers (each gets its own).
-SERVER_ENV = ("SERVER_ID", "MODEL_IDS", "STORE_URI", "MEMORY_BUDGET_MIB", "PORT", "MODEL_CACHE_DIR", "HOST", "PROCESSOR",
-              "MAX_BATCH_SIZE", "MAX_DELAY_MS", "QUEUE_SIZE", "REQUEST_TIMEOUT_MS", "MAX_BODY_BYTES", "WORKERS", "GRACE_SECONDS",
-              "STORE_RETRY_MAX_SECONDS", "LOG_LEVEL", "ACCESS_LOG")
+SERVER_ENV = POD_ENV_NAMES + ("HOST", "MAX_BATCH_SIZE", "MAX_DELAY_MS", "QUEUE_SIZE", "REQUEST_TIMEOUT_MS", "MAX_BODY_BYTES",
+                              "WORKERS", "STORE_RETRY_MAX_SECONDS", "LOG_LEVEL", "ACCESS_LOG")
 SERVER_GRACE_S = 10.0  # the servers' GRACE_SECONDS here: drain time after SIGTERM
 PORT_RETRIES = 3  # a free port taken by someone else between choosing and binding: try another
 
@@ -55,27 +55,19 @@ def default_workers(servers: int, cpus: Optional[int] = None) -> int:
 
 def server_env(base: Mapping[str, str], server: Server, store_uri: str, port: int, cache_dir: Path, workers: int,
                processor: Optional[str] = None, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """The environment of one server process: this one's, less the pod-contract variables, plus the server's."""
+    """The environment of one server process: this one's, less the pod-contract and tuning variables, plus the
+    pod contract's (contracts.pod) and what only this runtime sets (HOST, WORKERS)."""
     env = {k: v for k, v in base.items() if k not in SERVER_ENV}
-    env.update({
-        "SERVER_ID": server.id, "MODEL_IDS": ",".join(server.models), "STORE_URI": store_uri,
-        "MEMORY_BUDGET_MIB": str(server.memory_budget_mib), "PORT": str(port), "HOST": HOST,
-        "MODEL_CACHE_DIR": str(cache_dir), "PROCESSOR": processor or server.processor, "WORKERS": str(workers),
-        "GRACE_SECONDS": f"{SERVER_GRACE_S:g}", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(pod_env(server, store_uri, port=port, cache_dir=str(cache_dir), processor=processor,
+                       grace_seconds=SERVER_GRACE_S))
+    env.update({"HOST": HOST, "WORKERS": str(workers), "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
 
 
 def routes_document(urls: Mapping[str, str], plan: Plan) -> Dict[str, Any]:
     """routes.json for this machine: no gateway (base_url ""), each server's direct URL."""
-    doc = {
-        "base_url": "",
-        "models": {m: {"server": s.id, "path": f"{PREDICTION_PATH}{m}"} for s in plan.servers for m in s.models},
-        "servers": {s.id: {"url": urls[s.id], "models": list(s.models)} for s in plan.servers},
-    }
-    Routes.model_validate(doc)
-    return doc
+    return routes_for(plan, "", lambda s: urls[s.id]).model_dump(mode="json")
 
 
 def normalise_store(uri: str) -> str:

