@@ -110,6 +110,7 @@ def mixed_catalogue(
     slo_fraction: float = 0.0,
     reference: Path | str = DEFAULT_REFERENCE,
     sequence_length: int = SEQUENCE_LENGTH,
+    slo_budgets: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """A seeded mixture of reference shapes with jittered profiles and Zipf or uniform traffic.
 
@@ -117,7 +118,9 @@ def mixed_catalogue(
     names (weighted by SHAPE_WEIGHTS) or a {shape: weight} mapping. `processors`: which profiles
     each model carries (default: all its shape has); shapes with none of them are left out.
     `total_rps` defaults to 2.05 x n, the seed scenario's load. The same arguments always give the
-    same catalogue.
+    same catalogue. `slo_budgets`: the SLOs to draw from (evenly) for the `slo_fraction` of
+    models that get one, each raised to the next listed budget its fastest processor can meet
+    (`_budget`); without it, an SLO is drawn between the model's processors (`_slo`).
     """
     total = 2.05 * n if total_rps is None else float(total_rps)
     _check_mixed_arguments(n, traffic, total, zipf_s, processors, slo_fraction)
@@ -138,7 +141,8 @@ def mixed_catalogue(
         profiles = _model_profiles(table[shape], processors, jitter, i)
         model = _mixed_model(i, width, shape, profiles, rps[i])
         if i in with_slo:
-            model["slo_p90_ms"] = _slo(profiles, slo_draws[i])
+            model["slo_p90_ms"] = (_budget(profiles, slo_budgets, slo_draws[i]) if slo_budgets
+                                   else _slo(profiles, slo_draws[i]))
         model["profiles"] = profiles  # last, so each entry reads id, traffic, then profiles
         models.append(model)
     _make_profiles_unique(models)
@@ -313,6 +317,19 @@ def _slo(profiles: Mapping[str, Mapping[str, float]], u: float) -> float:
     return round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))), DECIMALS)
 
 
+BUDGET_HEADROOM = 1.5  # a budget is met comfortably at 1.5 x the fastest p90: the pod can run warm
+
+
+def _budget(profiles: Mapping[str, Mapping[str, float]], budgets: Sequence[float], u: float) -> float:
+    """One of `budgets`, drawn evenly, raised to the smallest listed one at least BUDGET_HEADROOM x
+    the model's fastest p90 (the largest listed if none is): a catalogue a user would write, where
+    strict budgets go to models that can meet them."""
+    ordered = sorted(budgets)
+    drawn = ordered[min(int(u * len(ordered)), len(ordered) - 1)]
+    need = BUDGET_HEADROOM * min(p["latency_p90_ms"] for p in profiles.values())
+    return next((b for b in ordered if b >= drawn and b >= need), ordered[-1])
+
+
 def _make_profiles_unique(models: list[dict[str, Any]]) -> None:
     """Nudge the rare exact repeat (after rounding) by 0.001 MiB until no two profiles are equal,
     on the same processor or across processors."""
@@ -359,7 +376,7 @@ def _yaml_text(data: Mapping[str, Any]) -> str:
 # Command line: `python -m packing generate`
 # ---------------------------------------------------------------------------------------------
 
-_MIXED_ONLY = ("seed", "traffic", "total_rps", "zipf_s", "processors", "slo_fraction", "reference_profiles")
+_MIXED_ONLY = ("seed", "traffic", "total_rps", "zipf_s", "processors", "slo_fraction", "slo", "reference_profiles")
 
 _EPILOG = """\
 examples:
@@ -367,6 +384,7 @@ examples:
   python -m packing generate --kind mixed --models 100000 --seed 7 --out catalogue.json
   python -m packing generate --kind mixed --models 3040 --processors inf1,gpu \\
       --slo-fraction 0.2 --traffic uniform --out mixed.yaml
+  python -m packing generate --kind mixed --models 3040 --seed 7 --slo 50,100,250 --out tiered.yaml
 """
 
 
@@ -402,7 +420,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="comma-separated profiles to give each model, of "
                              f"{','.join(contracts.PROCESSORS)} (default: all its shape has)")
     parser.add_argument("--slo-fraction", type=fraction(0.0, 1.0, open_lo=False), default=None, metavar="F",
-                        help="fraction of models, 0..1, that get a slo_p90_ms (default: 0)")
+                        help="fraction of models, 0..1, that get a slo_p90_ms (default: 0, or 1 with --slo)")
+    parser.add_argument("--slo", type=_budget_list, default=None, metavar="MS[,MS...]",
+                        help="p90 budgets in ms to draw each model's SLO from, evenly (one value: the same "
+                             "budget for all), raised where a model's fastest processor cannot meet it")
     parser.add_argument("--reference-profiles", type=Path, default=None, metavar="PATH",
                         help=f"reference profiles to draw shapes from (default: {_shown(DEFAULT_REFERENCE)})")
     parser.add_argument("--out", type=Path, required=True, metavar="PATH",
@@ -436,11 +457,22 @@ def _catalogue_from_args(args: argparse.Namespace, parser: argparse.ArgumentPars
         total_rps=args.total_rps,
         zipf_s=1.1 if args.zipf_s is None else args.zipf_s,
         processors=args.processors,
-        slo_fraction=args.slo_fraction or 0.0,
+        slo_fraction=(args.slo_fraction if args.slo_fraction is not None else (1.0 if args.slo else 0.0)),
         reference=args.reference_profiles or DEFAULT_REFERENCE,
+        slo_budgets=args.slo,
     )
 
 
+
+
+def _budget_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive milliseconds, e.g. 50,100,250; got {text!r}")
+    return sorted(set(values))
 
 
 def _processor_list(text: str) -> list[str]:

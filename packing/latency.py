@@ -139,14 +139,22 @@ def response_quantiles_ms(services: Sequence[ServiceTime], wait: Wait, q: float 
     """The q-quantile of W + S for each service S (vectorised over services by bisection)."""
     if not services:
         return np.zeros(0)
-    grid = np.stack([s.quantiles() for s in services])  # [services, points]
-    if not wait.stable:
-        return np.full(len(services), math.inf)
-    if wait.p_wait <= 0 or wait.mean_if_wait_ms <= 0:
+    if wait.stable and (wait.p_wait <= 0 or wait.mean_if_wait_ms <= 0):
         return np.array([_lognormal_quantile(s, q) for s in services])
+    return quantiles_of_sum(np.stack([s.quantiles() for s in services]), wait, q)
+
+
+def quantiles_of_sum(grid: np.ndarray, wait: Wait, q: float = 0.9) -> np.ndarray:
+    """The q-quantile of W + S for each row of `grid`, a service time's values at equal-probability
+    midpoints (ServiceTime.quantiles)."""
+    if not wait.stable:
+        return np.full(grid.shape[0], math.inf)
     theta, pw = wait.mean_if_wait_ms, wait.p_wait
+    if pw <= 0 or theta <= 0:
+        theta, pw = 1.0, 0.0
     lo = grid.min(axis=1)
-    hi = grid.max(axis=1) + theta * max(math.log(pw / (1 - q)), 0.0) + theta + 1e-9
+    tail = theta * max(math.log(pw / (1 - q)), 0.0) + theta if pw > 0 else 0.0
+    hi = grid.max(axis=1) + tail + 1e-9
     for _ in range(BISECTION_STEPS):
         mid = (lo + hi) / 2
         slack = mid[:, None] - grid
@@ -183,21 +191,28 @@ def pod_p90_ms(cores: int, streams: Sequence[Stream]) -> float:
 @dataclass(frozen=True)
 class TierBound:
     """The worst a pod of one tier can hold, as the cap needs it: the largest E[S] / p50 (real load
-    per unit of planned utilisation), the largest E[S^2] / 2E[S] (wait scale), and every service
-    time a member may have, with its after-queue time."""
+    per unit of planned utilisation), the largest E[S^2] / 2E[S] (wait scale), and the envelope of
+    the members' service times (at each probability, the largest member's value: a service time
+    that is stochastically above every member's) with the largest after-queue time."""
 
     load_factor: float
     wait_scale_ms: float
-    services: Tuple[Tuple[ServiceTime, float], ...]
+    envelope: Tuple[float, ...]
+    after_ms: float
 
     @staticmethod
     def of(members: Iterable[Tuple[ServiceTime, float]]) -> TierBound:
         members = tuple(dict.fromkeys(members))
         if not members:
-            return TierBound(1.0, 0.0, ())
+            return TierBound(1.0, 0.0, (), 0.0)
         load = max(s.mean_ms / s.p50_ms for s, _ in members)
         scale = max(s.second_moment_ms2 / (2 * s.mean_ms) for s, _ in members)
-        return TierBound(load, scale, members)
+        z = _normal_midpoints(QUANTILE_POINTS)
+        extra = np.array([s.extra_ms for s, _ in members])[:, None]
+        p50 = np.array([s.p50_ms for s, _ in members])[:, None]
+        sigma = np.array([s.sigma for s, _ in members])[:, None]
+        envelope = (extra + p50 * np.exp(sigma * z[None, :])).max(axis=0)
+        return TierBound(load, scale, tuple(envelope.tolist()), max(a for _, a in members))
 
 
 def tier_p90_ms(cores: int, utilisation: float, bound: TierBound) -> float:
@@ -205,17 +220,15 @@ def tier_p90_ms(cores: int, utilisation: float, bound: TierBound) -> float:
 
     The real offered load is at most utilisation x cores x load_factor; Erlang C grows with the
     load and the wait's scale is at most wait_scale_ms, so this wait is stochastically the
-    largest any mix of the tier's members can see; each member's response is then bounded by its
-    own service time added to it."""
+    largest any mix of the tier's members can see; each member's response is then below the
+    envelope's added to it."""
+    if not bound.envelope:
+        return 0.0
     a = utilisation * cores * bound.load_factor
     if a >= cores:
         return math.inf
     wait = Wait(erlang_c(cores, a), bound.wait_scale_ms / (cores - a) if a > 0 else 0.0, a, cores)
-    if not bound.services:
-        return 0.0
-    services = [s for s, _ in bound.services]
-    q = response_quantiles_ms(services, wait)
-    return float(max(qi + after for qi, (_, after) in zip(q, bound.services, strict=True)))
+    return float(quantiles_of_sum(np.array([bound.envelope]), wait)[0]) + bound.after_ms
 
 
 def tier_utilisation_cap(cores: int, bound: TierBound, slo_ms: float, max_utilisation: float) -> float:
