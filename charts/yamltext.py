@@ -1,9 +1,14 @@
 """A small, fast block-YAML writer for JSON-shaped data (dicts, lists, str, int, float, bool, None).
 
-PyYAML's representer is pure Python and took most of synth's writing time; this writes the same data
-in a few string operations. A string is written plain only when it cannot be read back as anything
-else (a conservative pattern, YAML 1.1's booleans and nulls excluded); otherwise it is a JSON string,
-which is a valid YAML double-quoted scalar. The tests read every file back and compare.
+Why not PyYAML's C dumper (`yaml.CSafeDumper`): its representer still walks every node in Python. Measured
+on the dist manifests of a 3,040-model plan (packing generate --kind mixed --models 3040 --seed 7 --traffic
+zipf, planned over the full catalogue: 50 servers, 326 objects, 0.91 MB of YAML either way), median of 7
+dumps on this project's 2-core machine (load ~1.2): this module 45 ms, CSafeDumper 247 ms (5.5x), both read
+back to the same objects. The figure scales with the plan: 100,000 models are some 30 times the YAML.
+
+A string is written plain only when it cannot be read back as anything else (a conservative pattern, YAML
+1.1's booleans and nulls excluded); otherwise it is a JSON string, which is a valid YAML double-quoted scalar.
+The tests read every file back and compare.
 """
 from __future__ import annotations
 
