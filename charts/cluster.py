@@ -41,8 +41,8 @@ def envoy_pod_selector(gateway_name: str, gateway_namespace: str) -> dict:
 
 
 def envoy_provider(props: ClusterWideProps) -> gw.EnvoyProxyKubernetesProvider:
-    """Envoy's Service (the NLB), and its Deployment run as the fleet's front door: two or more proxies spread
-    over zones and nodes, requests so the scheduler reserves room, an HPA on CPU and a PDB that lets a drain
+    """Envoy's Service (the NLB), and its Deployment run as the fleet's front door: two or more proxies on the
+    system node group, spread over its zones and nodes, requests so the scheduler reserves room, an HPA on CPU and a PDB that lets a drain
     take one proxy at a time. nodeTaintsPolicy Honor: zones holding only tainted plan nodes, where no proxy
     may go, do not count as empty zones (they would hold every proxy Pending)."""
     selector = {"matchLabels": envoy_pod_selector(props.gateway_name, props.namespace)}
@@ -53,7 +53,8 @@ def envoy_provider(props: ClusterWideProps) -> gw.EnvoyProxyKubernetesProvider:
     return gw.EnvoyProxyKubernetesProvider(
         envoy_service=gw.EnvoyServiceSpec(type="LoadBalancer", annotations=nlb_annotations(props.internal)),
         envoy_deployment=gw.EnvoyDeploymentSpec(
-            pod={"topologySpreadConstraints": [spread(c.ZONE_LABEL), spread(c.HOSTNAME_LABEL)]},
+            pod={"nodeSelector": {c.POOL_LABEL: c.SYSTEM_POOL},
+                 "topologySpreadConstraints": [spread(c.ZONE_LABEL), spread(c.HOSTNAME_LABEL)]},
             container={"resources": {"requests": dict(c.ENVOY_PROXY_REQUESTS),
                                      "limits": {"memory": c.ENVOY_PROXY_MEMORY_LIMIT}}}),
         envoy_hpa=gw.EnvoyHpaSpec(

@@ -3,10 +3,9 @@ without starting jsii.
 
 Node group taints: the stacks put `modelfleet.io/plan-node=<processor>:NoSchedule` on every plan node
 group (cpu too) and the servers tolerate it (`operator: Equal`, value their processor): only the servers
-of that processor land there, and add-ons (CoreDNS, controllers, Envoy), which tolerate none of it, stay on the untainted system node
-group. A DaemonSet that must run on plan nodes (a device plugin) tolerates the key with `operator: Exists`.
-Accelerator pods also tolerate their device's usual taint key (`nvidia.com/gpu`, `aws.amazon.com/neuron`)
-with `Exists`, so a node group that carries it as well still takes them.
+of that processor land there, and add-ons (CoreDNS, controllers, Envoy), which tolerate none of it, stay on
+the untainted system node group. A DaemonSet that must run on plan nodes (a device plugin) tolerates the
+key with `operator: Exists`.
 """
 from __future__ import annotations
 
@@ -18,15 +17,13 @@ from contracts.routes import ROUTE_PREFIXES  # noqa: F401
 
 PLAN_NODE_TAINT_KEY = "modelfleet.io/plan-node"
 TAINT_EFFECT = "NoSchedule"
-NEURON_TAINT_KEY = "aws.amazon.com/neuron"
-GPU_TAINT_KEY = "nvidia.com/gpu"
 TAINT_KEYS: Dict[str, str] = {p: PLAN_NODE_TAINT_KEY for p in ("cpu", "gpu", "inf1", "inf2")}
 # The plan-node taint's value per processor (the processor itself).
 TAINT_VALUES: Dict[str, str] = {p: p for p in TAINT_KEYS}
-# Device taints accelerator pods tolerate besides (Exists): harmless where no node group carries them.
-DEVICE_TAINT_KEYS: Dict[str, Optional[str]] = {"cpu": None, "gpu": GPU_TAINT_KEY, "inf1": NEURON_TAINT_KEY,
-                                               "inf2": NEURON_TAINT_KEY}
-TAINT_VALUE = "true"  # the value the stacks give a device taint
+# The node label of the untainted system node group (the stacks' stacks.sizing LABEL_POOL / SYSTEM_POOL):
+# the Envoy proxies select it.
+POOL_LABEL = "modelfleet.io/pool"
+SYSTEM_POOL = "system"
 
 
 def plan_node_taint(processor: str) -> tuple[str, str, str]:

@@ -45,14 +45,10 @@ def _port() -> k8s.IntOrString:
 
 
 def tolerations(processor: str) -> List[k8s.Toleration]:
-    """The plan-node taint of this processor's node groups (its value only: a cpu pod must not land on a gpu
-    node), and an accelerator's device taint where a node group carries one too (charts.constants)."""
+    """The plan-node taint of this processor's node groups, its value only: a cpu pod must not land on a gpu
+    node (charts.constants)."""
     key, value, effect = c.plan_node_taint(processor)
-    out = [k8s.Toleration(key=key, operator="Equal", value=value, effect=effect)]
-    device = c.DEVICE_TAINT_KEYS[processor]
-    if device is not None:
-        out.append(k8s.Toleration(key=device, operator="Exists", effect=effect))
-    return out
+    return [k8s.Toleration(key=key, operator="Equal", value=value, effect=effect)]
 
 
 def env_vars(server: Server, store_uri: str, config_map: str) -> List[k8s.EnvVar]:

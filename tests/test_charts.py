@@ -203,8 +203,11 @@ def test_envoy_proxies_are_many_spread_budgeted_and_autoscaled(hand):
         assert labels["gateway.envoyproxy.io/owning-gateway-namespace"] == cfg.namespace
     res = k["envoyDeployment"]["container"]["resources"]
     assert set(res["requests"]) == {"cpu", "memory"} and "memory" in res["limits"]
-    # no toleration of the plan-node taint: the proxies stay on the system node group
+    # no toleration of the plan-node taint, and the system node group's label (as the stacks give it)
+    from stacks.sizing import LABEL_POOL, SYSTEM_POOL
+
     assert "tolerations" not in k["envoyDeployment"]["pod"]
+    assert k["envoyDeployment"]["pod"]["nodeSelector"] == {LABEL_POOL: SYSTEM_POOL}
 
 
 def test_http_routes_stay_within_128_matches_and_cover_every_model_once(hand_docs):
@@ -270,7 +273,7 @@ def test_pods_per_processor(hand_docs, sid):
     else:
         assert extended == {accel}
         assert res["requests"][accel] == 1 and res["limits"][accel] == 1
-        assert pod["tolerations"] == [plan_node, {"key": accel, "operator": "Exists", "effect": "NoSchedule"}]
+        assert pod["tolerations"] == [plan_node]
     # the taint the stacks put on the node group
     assert c.plan_node_taint(s["processor"]) == ("modelfleet.io/plan-node", s["processor"], "NoSchedule")
     assert ctr["imagePullPolicy"] == "IfNotPresent"
