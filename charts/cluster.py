@@ -1,5 +1,5 @@
 """Cluster-wide objects, small enough to go inline (add_cdk8s_chart): namespace, ServiceAccount (IRSA),
-NetworkPolicy, GatewayClass, EnvoyProxy (the NLB) and Gateway."""
+NetworkPolicy, GatewayClass, EnvoyProxy (the NLB, and the proxies: spread, autoscaled, budgeted) and Gateway."""
 from __future__ import annotations
 
 from dataclasses import dataclass
