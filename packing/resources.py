@@ -132,6 +132,10 @@ def node_shape(t: InstanceType, cat: InstanceCatalogue, opts: PackingOptions) ->
     slots = min(devices, t.max_pods)
     if pod_cpu > 0:
         slots = min(slots, int(cpu_alloc // pod_cpu))
+    if t.processor != "cpu":
+        # Pods request whole MiB (rounded up): keep one MiB per pod for that rounding, so the
+        # requests of a node the planner filled still fit its allocatable memory.
+        host_alloc = float(math.floor(host_alloc) - slots)
     if pod_cpu < base_cpu or pod_cpu > cpu_alloc or model_cap <= 0 or host_alloc < base_mib or slots < 1:
         raise UnusableInstanceType(
             f"{t.name}: after kube-reserved, eviction, DaemonSet overhead and the server base, a pod "

@@ -24,7 +24,9 @@ from packing.planner import plan_servers
 from packing.profiles import resolve_profiles
 from packing.replan import NO_CONSOLIDATION, MoveBudget, fit_server, fresh_ids, replan
 from packing.resources import PackingOptions
-from tests.test_planner_optimality import INSTANCES_YAML, PYTHON, ROOT, check_plan, write_yaml
+from tests.plan_checks import PYTHON, ROOT, check_plan, write_yaml
+
+INSTANCES_YAML = ROOT / "config" / "instances.yaml"
 
 BASE_MODELS = 300
 EXTRA_MODELS = 6  # 2% more
