@@ -41,8 +41,8 @@ demo: $(STAMP) node_modules/.bin/cdk
 	@echo "== 2/7 pack: the 20 models on c5 from their measured profiles -> $(OUT)/plan.json, $(OUT)/plan.png"
 	$(PY) -m packing plan --models $(DEMO_MODELS) --store $(OUT)/store --only-instance-types $(DEMO_TYPES) \
 		--out $(OUT)/plan.json --time-limit 10
-	@echo "== 3/7 pack at the reference scale: 3,040 mixed models over every instance type, checked independently"
-	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/mixed-3040.yaml
+	@echo "== 3/7 pack at the reference scale: 3,040 mixed models with 50/100/250 ms p90 budgets over every instance type, checked independently"
+	$(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --slo 50,100,250 --out $(OUT)/mixed-3040.yaml
 	$(PY) -m packing plan --models $(OUT)/mixed-3040.yaml --reference-profiles config/profiles.yaml \
 		--out $(OUT)/mixed-3040-plan.json --time-limit 20 --quiet
 	$(PY) ../shared/tools/check_plan.py $(OUT)/mixed-3040.yaml config/instances.yaml $(OUT)/mixed-3040-plan.json 0.83 0
