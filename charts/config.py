@@ -1,8 +1,16 @@
-"""The environment config (`config/<env>.yaml`): what differs between dev, staging and prod."""
+"""The environment config (`config/<env>.yaml`): what differs between dev, staging and prod.
+
+One model reads the whole file, for the charts and the stacks alike: the stacks import `EnvConfig`
+(charts never import stacks), take the account, role, namespace, store, images and gateway from the
+charts' own fields, and read only the `stacks:` block besides (`StacksConfig`; a key it leaves out
+takes its default from stacks/defaults.py). `helm_values` builds the Helm values tree the servers'
+templates read, in one place: `charts synth` writes it into values.yaml and the stacks pass it to each
+release, so both name the same images.
+"""
 from __future__ import annotations
 
 import re
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -83,6 +91,43 @@ class Startup(_Section):
     period_seconds: int = Field(default=10, ge=1)
 
 
+_ROLE_ARN = r"^arn:aws[-a-z]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+$"
+_ECR_URI = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?/(?P<name>[a-z0-9._/-]+)$")
+
+
+class Access(_Section):
+    """IAM roles given EKS access entries (the cluster's endpoint is private by default: see the README)."""
+
+    admin_role_arn: Optional[str] = Field(default=None, pattern=_ROLE_ARN,
+                                          description="gets AmazonEKSClusterAdminPolicy, cluster-wide")
+    read_only_role_arn: Optional[str] = Field(default=None, pattern=_ROLE_ARN,
+                                              description="gets AmazonEKSAdminViewPolicy, cluster-wide")
+
+
+class StacksConfig(_Section):
+    """What only the CDK stacks read. Every key may be left out: stacks/defaults.py has its default
+    (per environment, then common), so None here means "the default"."""
+
+    region: Optional[str] = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    plan: Optional[str] = Field(default=None, description="the reviewed plan the node groups are sized from, e.g. plans/dev.json")
+    allowed_instance_families: Optional[List[str]] = None
+    burst_factor: Optional[float] = Field(default=None, ge=1, description="node group max = ceil(count x burst_factor)")
+    endpoint_cidrs: Optional[List[str]] = Field(default=None, description="public API endpoint only from these; none: private")
+    max_azs: Optional[int] = Field(default=None, ge=2, le=3)
+    nat_gateways: Optional[int] = Field(default=None, ge=1, le=3)
+    vpc_cidr: Optional[str] = None
+    system_instance_type: Optional[str] = None
+    system_nodes: Optional[int] = Field(default=None, ge=1)
+    system_max_nodes: Optional[int] = Field(default=None, ge=1)
+    certificate_arn: Optional[str] = Field(default=None, description="ACM certificate: TLS at an internet-facing NLB")
+    source_cidrs: Optional[List[str]] = Field(default=None, description="client allowlist of an internet-facing NLB")
+    smoke_test: Optional[bool] = None
+    smoke_image: Optional[str] = None
+    smoke_timeout_minutes: Optional[int] = Field(default=None, ge=1)
+    log_retention_days: Optional[int] = Field(default=None, ge=1)
+    access: Access = Field(default_factory=Access)
+
+
 class EnvConfig(_Section):
     environment: str
     namespace: str
@@ -96,10 +141,10 @@ class EnvConfig(_Section):
         default=1, ge=1,
         description="plans for this environment must be made with at least this --min-replicas (prod: 2)")
     startup: Startup = Field(default_factory=Startup)
-    stacks: Dict[str, Any] = Field(
-        default_factory=dict,
-        description="settings only the CDK stacks read (account, region, plan, allowed_instance_families, burst_factor, "
-                    "...; every key of stacks/defaults.py): the charts carry them through unread")
+    stacks: StacksConfig = Field(
+        default_factory=StacksConfig,
+        description="settings only the CDK stacks read (region, plan, allowed_instance_families, burst_factor, "
+                    "...; stacks/defaults.py has every default): the charts carry them through unread")
 
     _labels = field_validator("environment", "namespace", "monitoring_namespace")(check_dns_label)
     _store = field_validator("store_uri")(_plain)
@@ -116,3 +161,19 @@ class EnvConfig(_Section):
         if self.namespace in ("default", "kube-system", "kube-public"):
             raise ValueError(f"namespace: {self.namespace!r} is shared with the cluster; give modelfleet its own")
         return self
+
+
+def ecr_parts(repository: str) -> Optional[Dict[str, str]]:
+    """{account, region, name} of an ECR repository URI, None for any other registry."""
+    m = _ECR_URI.match(repository)
+    return m.groupdict() if m else None
+
+
+def helm_values(config: EnvConfig) -> Dict[str, Any]:
+    """The values tree the servers' templates read: values.yaml holds it (charts synth), and the stacks
+    pass the very same tree to every release, so dist/manifests/ and the cluster name the same images."""
+    return {
+        "images": {p: {"repository": i.repository, "tag": i.tag} for p, i in sorted(config.images.items())},
+        "storeUri": config.store_uri,
+        "roleArn": config.irsa.role_arn,
+    }

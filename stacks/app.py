@@ -1,16 +1,22 @@
 """The CDK app: `-c env=dev|staging|prod` (default dev), `-c plan=PATH` (default: the environment's
-`plan:`; `-c plan.<env>=PATH` for any environment, pipeline stages included), `-c tag=TAG` (image
-tag, the pipeline's commit), `-c dist=PATH` (a `charts synth` output for that plan and environment;
-default: made here, in a process of its own, and cached under .cdk-dist/<env>/ or `-c dist_cache=DIR`),
-`-c overrides.<env>='{"endpoint_cidrs": [...]}'` (any key of stacks/defaults.py over the files),
-`-c pipeline=false` (skip the pipeline stack), `-c nag=false` (skip cdk-nag), `-c pipeline.<key>=...`
-(pipeline settings of stacks/defaults.py PIPELINE).
+`stacks.plan`, plans/<env>.json; `-c plan.<env>=PATH` for any environment, pipeline stages included),
+`-c tag=TAG` (every image's tag, the pipeline's commit), `-c dist=PATH` (a `charts synth` output for
+that plan and environment; default: made here, in a process of its own, from the effective config,
+and cached under .cdk-dist/<env>/ or `-c dist_cache=DIR`), `-c overrides.<env>='{"stacks":
+{"endpoint_cidrs": [...]}}'` (a partial config/<env>.yaml merged over the file), `-c pipeline=...`,
+`-c nag=false` (skip cdk-nag), `-c pipeline.<key>=...` (pipeline settings of stacks/defaults.py
+PIPELINE).
 
-Stacks: `modelfleet-<env>-{network,data,cluster,serving,smoke}` for the chosen environment,
+Stacks: `modelfleet-<env>-{network,data,cluster,nodes,serving,smoke}` for the chosen environment,
 `modelfleet-shared` (ECR) and `modelfleet-pipeline` (whose stages hold every environment's stacks,
-each from its own config and plan). Synth needs no AWS credentials: accounts and regions are explicit
-and the availability zones come from cdk.context.json, which this module loads into the App's context
-so that a plain `python app.py` sees them too.
+each from its own config and plan). The pipeline stack needs every stage's plan: `-c pipeline=true`
+requires it (the pipeline's own build passes it), `-c pipeline=false` leaves the pipeline out, and by
+default it is built when every stage's plan exists and left out, with a message naming the missing
+plans, when not, so `cdk synth -c env=dev -c plan=PLAN` never needs another stage's plan.
+
+Synth needs no AWS credentials: accounts and regions are explicit and the availability zones come
+from cdk.context.json, which this module loads into the App's context so that a plain
+`python app.py` sees them too.
 """
 from __future__ import annotations
 
@@ -29,8 +35,19 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 import yaml  # noqa: E402
 from aws_cdk import App, Validations  # noqa: E402
 
+from charts.config import ecr_parts, helm_values  # noqa: E402
+from contracts.loading import write_atomic  # noqa: E402
 from stacks import defaults  # noqa: E402
-from stacks.settings import REPO_ROOT, EnvSettings, SettingsError, as_list, load_env, load_plan, pipeline_settings  # noqa: E402
+from stacks.settings import (  # noqa: E402
+    REPO_ROOT,
+    EnvSettings,
+    SettingsError,
+    as_list,
+    load_env,
+    load_plan,
+    pipeline_settings,
+    plan_path_for,
+)
 
 DIST_CACHE = ".cdk-dist"
 
@@ -41,6 +58,31 @@ def _truthy(value: Any, default: bool = True) -> bool:
     if isinstance(value, bool):
         return value
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def pipeline_mode(value: Any) -> str:
+    """`-c pipeline=`: "auto" (absent), "on" (true/yes/1/on) or "off" (false/no/0/off)."""
+    if value is None or str(value).strip().lower() in ("", "auto"):
+        return "auto"
+    return "on" if _truthy(value) else "off"
+
+
+def missing_plans(plans: Mapping[str, Path]) -> Dict[str, Path]:
+    return {env: path for env, path in plans.items() if not path.is_file()}
+
+
+def check_registry(settings: EnvSettings, account: str, region: str, repositories: Mapping[str, str]) -> None:
+    """The config's images are the one source of image URIs: they must be in the shared registry that
+    the stacks create (and the pipeline pushes to), under the same repository names in every stage."""
+    for processor, image in sorted(settings.config.images.items()):
+        parts = ecr_parts(image.repository) or {}
+        if (parts.get("account"), parts.get("region")) != (account, region):
+            raise SettingsError(f"{settings.config_path}: images.{processor}.repository is {image.repository}, but the "
+                                f"shared registry is {account}.dkr.ecr.{region}.amazonaws.com (pipeline.registry_account, "
+                                "pipeline.region): the stacks create the repositories there and the pipeline pushes there")
+    if dict(settings.repositories) != dict(repositories):
+        raise SettingsError(f"{settings.config_path}: image repositories {settings.repositories} differ from "
+                            f"{dict(repositories)}: every stage pulls from the same shared repositories")
 
 
 def file_context() -> Dict[str, Any]:
@@ -64,10 +106,19 @@ class EnvInputs:
     gateway_host: str
 
 
+def _dist_images(path: Path) -> Optional[Dict[str, Any]]:
+    """The image values a `charts synth` output was written with (its first server shard's values.yaml)."""
+    for values in sorted((path / "helm").glob("servers-*/values.yaml")):
+        return (yaml.safe_load(values.read_text()) or {}).get("images")
+    return None
+
+
 def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Optional[str] = None) -> Path:
-    """A `charts synth` output for this environment's plan and config: the given one (checked), or one
-    made (and cached, keyed by the inputs' digests) under .cdk-dist/<env>/."""
+    """A `charts synth` output for this environment's plan and effective config: the given one (checked:
+    same plan, environment and images), or one made from the effective config (written beside it) and
+    cached, keyed by the inputs' digests, under .cdk-dist/<env>/."""
     plan_sha = hashlib.sha256(settings.plan_path.read_bytes()).hexdigest()
+    images = helm_values(settings.config)["images"]
     if dist:
         path = Path(dist)
         path = path if path.is_absolute() else REPO_ROOT / path
@@ -80,24 +131,30 @@ def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Option
                                     "run `python -m charts synth` again")
             if info.get("environment") not in (None, settings.env):
                 raise SettingsError(f"{path} was made for environment {info.get('environment')}, not {settings.env}")
+        made_with = _dist_images(path)
+        if made_with is not None and made_with != images:
+            raise SettingsError(f"{path} names other images than the stacks deploy ({made_with} vs {images}): run "
+                                "`python -m charts synth` with the same config (and tag), or leave -c dist out")
         return path
-    if settings.config_path is None:
-        raise SettingsError(f"config/{settings.env}.yaml is missing: the charts need it to render the servers")
-    config_sha = hashlib.sha256(settings.config_path.read_bytes()).hexdigest()
+    text = yaml.safe_dump(settings.document, sort_keys=False)
+    config_sha = hashlib.sha256(text.encode()).hexdigest()
     key = f"{plan_sha}\n{config_sha}\n"
     cache = Path(cache_dir) if cache_dir else REPO_ROOT / DIST_CACHE
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / settings.env
     stamp = cache / f"{settings.env}.inputs"
     if not (out.is_dir() and stamp.exists() and stamp.read_text() == key):
+        # The effective config (file, overrides, tag) is what charts synth renders: the same document the
+        # stacks deploy, so dist/manifests/ names the same images.
+        config = write_atomic(cache / f"{settings.env}.config.yaml", text)
         # A process of its own: cdk8s and its jsii kernel stay out of this one (memory, start-up).
         command = [sys.executable, "-m", "charts", "synth", "--plan", str(settings.plan_path),
-                   "--config", str(settings.config_path), "--out", str(out), "--quiet",
+                   "--config", str(config), "--out", str(out), "--quiet",
                    "--instances", str(REPO_ROOT / "config" / "instances.yaml")]
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SettingsError(f"`{' '.join(command[1:])}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-        stamp.write_text(key)
+        write_atomic(stamp, key)
     return out
 
 
@@ -107,10 +164,6 @@ def _docs(path: Path) -> List[dict]:
     return [d for d in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
 
 
-def role_arn(settings: EnvSettings) -> str:
-    return f"arn:aws:iam::{settings.account}:role/{settings.serving_role_name}"
-
-
 def env_inputs(settings: EnvSettings, dist: Optional[str], cache_dir: Optional[str] = None) -> EnvInputs:
     """Plan, charts output, and the cluster-wide objects (rendered by the charts with the config's
     values: the only value in them is the role ARN, which the stacks create under that very name)."""
@@ -118,24 +171,14 @@ def env_inputs(settings: EnvSettings, dist: Optional[str], cache_dir: Optional[s
     path = ensure_dist(settings, dist, cache_dir=cache_dir)
     cluster = _docs(path / "manifests" / "00-cluster.yaml")
     envoy = _docs(path / "envoy-gateway" / "envoyproxy.yaml")
-    expected = role_arn(settings)
+    expected = settings.config.irsa.role_arn
     for doc in cluster:
         arn = (doc.get("metadata", {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn")
         if arn is not None and arn != expected:
             raise SettingsError(f"{path}: ServiceAccount {doc['metadata'].get('name')} names role {arn}, but the "
-                                f"stacks create {expected} (account/role name of config/{settings.env}.yaml)")
-    host = _gateway_host(settings, cluster)
-    return EnvInputs(settings=settings, plan=plan, dist=path, cluster_objects=cluster + envoy, gateway_host=host)
-
-
-def _gateway_host(settings: EnvSettings, cluster: List[dict]) -> str:
-    for doc in cluster:
-        if doc.get("kind") == "Gateway" and doc.get("metadata", {}).get("name") == settings.gateway_name:
-            for listener in doc.get("spec", {}).get("listeners", []):
-                if listener.get("hostname"):
-                    return str(listener["hostname"])
-    raw = settings.raw.get("gateway", {}) if isinstance(settings.raw.get("gateway"), dict) else {}
-    return str(raw.get("host", "*"))
+                                f"stacks create {expected} (irsa of config/{settings.env}.yaml)")
+    return EnvInputs(settings=settings, plan=plan, dist=path, cluster_objects=cluster + envoy,
+                     gateway_host=settings.config.gateway.host)
 
 
 def build_app(context: Optional[Mapping[str, Any]] = None, outdir: Optional[str] = None) -> App:
@@ -152,12 +195,14 @@ def build_app(context: Optional[Mapping[str, Any]] = None, outdir: Optional[str]
     pipe = pipeline_settings({k: ctx(f"pipeline.{k}") for k in defaults.PIPELINE})
     registry = Registry(account=str(pipe["registry_account"]), region=str(pipe["region"]))
 
+    def plan_for(name: str) -> Optional[str]:
+        return ctx(f"plan.{name}") or (ctx("plan") if name == env else None)
+
     def settings_for(name: str) -> EnvSettings:
-        plan = ctx(f"plan.{name}") or (ctx("plan") if name == env else None)
         overrides = ctx(f"overrides.{name}")
         if isinstance(overrides, str):
             overrides = json.loads(overrides)
-        return load_env(name, plan=plan, overrides=overrides)
+        return load_env(name, plan=plan_for(name), overrides=overrides, tag=tag)
 
     cache: Dict[str, EnvInputs] = {}
 
@@ -172,12 +217,24 @@ def build_app(context: Optional[Mapping[str, Any]] = None, outdir: Optional[str]
     def build(scope: Any, settings: EnvSettings, *, top_level: bool):
         i = inputs(settings)
         return build_platform(scope, settings, i.plan, dist=i.dist, cluster_objects=i.cluster_objects,
-                              gateway_host=i.gateway_host, registry=registry, tag=tag,
-                              top_level=top_level)
+                              gateway_host=i.gateway_host, top_level=top_level)
 
     chosen = settings_for(env)
     stage_names = as_list(pipe["stages"])
-    stage_settings = [settings_for(name) for name in stage_names] if _truthy(ctx("pipeline")) else []
+    mode = pipeline_mode(ctx("pipeline"))
+    if mode != "off":
+        missing = missing_plans({name: plan_path_for(name, plan=plan_for(name)) for name in stage_names})
+        if missing and mode == "on":
+            raise SettingsError("the pipeline stack (-c pipeline=true) needs every stage's plan; missing: "
+                                + ", ".join(f"{name}: {path}" for name, path in missing.items()))
+        if missing:
+            print("modelfleet-pipeline left out: it needs every stage's plan, and these are missing: "
+                  + ", ".join(f"{name}: {path}" for name, path in missing.items())
+                  + " (restore plans/, or pass -c plan.<env>=PATH; -c pipeline=false silences this)", file=sys.stderr)
+            mode = "off"
+    stage_settings = [settings_for(name) for name in stage_names] if mode != "off" else []
+    for s in [chosen, *stage_settings]:
+        check_registry(s, registry.account, registry.region, chosen.repositories)
     # The charts of every environment (each `charts synth` is a process of its own), two at a time.
     todo = {s.env: s for s in [chosen, *stage_settings]}
     with ThreadPoolExecutor(max_workers=min(2, len(todo))) as pool:  # two at a time: memory
@@ -191,8 +248,7 @@ def build_app(context: Optional[Mapping[str, Any]] = None, outdir: Optional[str]
                       stages=[(s, lambda scope, sid, s=s: PlatformStage(scope, sid, settings=s, build=build))
                               for s in stage_settings])
     if _truthy(ctx("nag")):
-        variables = [{"env": s.env, "account": s.account, "region": s.region,
-                      "bucket": s.bucket_name or f"{s.prefix()}-{s.account}",
+        variables = [{"env": s.env, "account": s.account, "region": s.region, "bucket": s.bucket_name,
                       "pipeline_account": registry.account} for s in [chosen, *stage_settings]]
         apply_acknowledgements(app, variables)
         Validations.of(app).add_plugins(nag_pack(app))

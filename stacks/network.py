@@ -28,7 +28,7 @@ class Network(Construct):
             ],
             restrict_default_security_group=True,
         )
-        flow_logs = logs.LogGroup(self, "FlowLogs", retention=_retention(log_retention_days),
+        flow_logs = logs.LogGroup(self, "FlowLogs", retention=retention(log_retention_days),
                                   removal_policy=RemovalPolicy.DESTROY)
         self.vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
                               traffic_type=ec2.FlowLogTrafficType.REJECT)
@@ -63,7 +63,7 @@ _RETENTION = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: 
               365: "ONE_YEAR", 400: "THIRTEEN_MONTHS", 545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS"}
 
 
-def _retention(days: int) -> logs.RetentionDays:
+def retention(days: int) -> logs.RetentionDays:
     if days in _RETENTION:
         return getattr(logs.RetentionDays, _RETENTION[days])
     raise ValueError(f"log_retention_days {days} is not a CloudWatch Logs retention (e.g. 30, 90, 365)")

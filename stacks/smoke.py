@@ -9,12 +9,14 @@ condition, and the stack outputs it (`Complete`/`SuccessCriteriaMet` or `Failed`
 The pipeline's post-stage step reads that output and fails unless it says `Complete`; a Job that
 never finishes times the custom resource out, which fails the stage deployment itself.
 Each deployment gets a new Job name (a digest of image, tag and models), so every release is tested.
+When it fails, `operator_commands` is what the pipeline prints: the commands that show why (the Job's
+log, its events, the servers' Deployments and pods), with the cluster, namespace and Job filled in.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 from aws_cdk import CfnOutput, Duration
 from aws_cdk import aws_eks_v2 as eks
@@ -80,16 +82,30 @@ def job_name(*parts: str) -> str:
     return "smoke-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
+def operator_commands(*, cluster_name: str, region: str, namespace: str, job: str) -> List[str]:
+    """What an operator runs (with the admin or read-only role of config/<env>.yaml, from a machine that
+    reaches the API endpoint: README "Reaching the cluster") to see why the smoke test failed."""
+    return [
+        f"aws eks update-kubeconfig --region {region} --name {cluster_name}",
+        f"kubectl -n {namespace} logs job/{job}",
+        f"kubectl -n {namespace} describe job/{job}",
+        f"kubectl -n {namespace} get deployments,pods -o wide",
+        f"kubectl -n {namespace} get events --sort-by=.lastTimestamp",
+    ]
+
+
 class SmokeTest(Construct):
     """Props in: cluster, namespace, image, gateway address and host, model ids to call.
     Out: `result` (the Job's terminal conditions) and its output."""
 
     def __init__(self, scope: Construct, id: str, *, cluster: eks.ICluster, namespace: str, image: str,
                  gateway_address: str, gateway_host: str, gateway_port: int, routes: Mapping[str, Any],
-                 release: str, timeout_minutes: int) -> None:
+                 release: str, timeout_minutes: int, cluster_name: str, region: str) -> None:
         super().__init__(scope, id)
         subset = smoke_routes(routes)
         name = job_name(image, gateway_host, release, json.dumps(subset, sort_keys=True))
+        self.job_name = name
+        self.commands = operator_commands(cluster_name=cluster_name, region=region, namespace=namespace, job=name)
         base_url = f"http://{gateway_address}:{gateway_port}"
         self.job = eks.KubernetesManifest(self, "Job", cluster=cluster, manifest=[smoke_job(
             name=name, namespace=namespace, image=image, base_url=base_url, host=gateway_host,
