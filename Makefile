@@ -84,18 +84,12 @@ lint: $(STAMP)
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache .hypothesis
 
-# CDK synth of every stack (issue 6, README "Infrastructure (CDK)"): the platform of ENV (dev by
-# default), modelfleet-shared and modelfleet-pipeline with its dev, staging and prod stages. Offline,
-# no AWS credentials. Makes the plans it needs when they are missing: out/plan.json as `make demo`
-# does, out/plan-prod.json from the same models with --min-replicas 2 (prod's config asks for it).
+# CDK synth of every stack (README "Infrastructure (CDK)"): the platform of ENV (dev by default),
+# modelfleet-shared and modelfleet-pipeline with its dev, staging and prod stages, from the reviewed
+# plans in plans/ that config/<env>.yaml names. Offline, no AWS credentials.
 .PHONY: synth
 ENV ?= dev
 synth: $(STAMP) node_modules/.bin/cdk
-	test -f $(OUT)/models.yaml || $(PY) -m packing generate --kind mixed --models 3040 --seed 7 --traffic zipf --out $(OUT)/models.yaml
-	test -f $(OUT)/plan.json || $(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
-		--reference-profiles config/profiles.yaml --out $(OUT)/plan.json --time-limit 20 --quiet
-	test -f $(OUT)/plan-prod.json || $(PY) -m packing plan --models $(OUT)/models.yaml --instances config/instances.yaml \
-		--reference-profiles config/profiles.yaml --out $(OUT)/plan-prod.json --time-limit 20 --quiet --min-replicas 2
 	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 npx cdk synth -c env=$(ENV) --quiet
 
 node_modules/.bin/cdk: package.json package-lock.json
