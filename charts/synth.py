@@ -26,7 +26,7 @@ import cdk8s
 from charts import constants as c
 from charts import naming, yamltext
 from charts.cluster import ClusterWide, ClusterWideProps
-from charts.config import EnvConfig
+from charts.config import EnvConfig, helm_values
 from charts.routes import routes_document
 from charts.server import ModelServer, ModelServerProps, StartupBudget
 from charts.typecheck import skip_jsii_type_checks, type_checks_on
@@ -40,15 +40,6 @@ _SENTINEL = re.compile(r"@@([A-Za-z0-9_.]+)@@")
 
 def placeholder(path: str) -> str:
     return f"@@{path}@@"
-
-
-def helm_values(config: EnvConfig) -> Dict[str, Any]:
-    """The values tree the templates read; values.yaml holds the config's, the stacks pass the real ones."""
-    return {
-        "images": {p: {"repository": i.repository, "tag": i.tag} for p, i in sorted(config.images.items())},
-        "storeUri": config.store_uri,
-        "roleArn": config.irsa.role_arn,
-    }
 
 
 _EXPR = re.compile(r"\{\{ \.Values\.([A-Za-z0-9_.]+) \}\}")
@@ -130,9 +121,7 @@ def hpa_maxima(plan: Plan, instances: InstanceCatalogue, config: EnvConfig) -> D
     maximum size. The node groups are the stacks' (one per instance type, max ceil(count x burst_factor) with
     `stacks.burst_factor` of the config); a config without a burst factor gets HPAs that stay at the plan's
     replicas, since no headroom is known."""
-    stacks = config.stacks
-    burst = stacks.get("burst_factor") if isinstance(stacks, dict) else getattr(stacks, "burst_factor", None)
-    burst = 1.0 if burst is None else float(burst)
+    burst = config.stacks.burst_factor or 1.0
     types = instances.by_name()
     return {s.id: naming.hpa_max(s, types[s.instance_type], int(plan.instances.get(s.instance_type, 0)), burst,
                                  config.replicas.hpa_max, instances.cpu_slice_vcpu)
