@@ -25,6 +25,7 @@ and the plan writer for each pod's figures.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence, Tuple
@@ -94,11 +95,14 @@ class Wait:
         return self.p_wait * self.mean_if_wait_ms
 
 
+@functools.lru_cache(maxsize=4)
 def _normal_midpoints(points: int) -> np.ndarray:
     from statistics import NormalDist
 
     nd = NormalDist()
-    return np.array([nd.inv_cdf((k + 0.5) / points) for k in range(points)])
+    out = np.array([nd.inv_cdf((k + 0.5) / points) for k in range(points)])
+    out.flags.writeable = False
+    return out
 
 
 def erlang_c(c: int, a: float) -> float:
@@ -183,9 +187,20 @@ def stream_p90s_ms(cores: int, streams: Sequence[Stream]) -> List[float]:
 
 
 def pod_p90_ms(cores: int, streams: Sequence[Stream]) -> float:
-    """The pod's predicted P90: the largest of its models' P90s."""
-    p90s = stream_p90s_ms(cores, streams)
-    return max(p90s) if p90s else 0.0
+    """The pod's predicted P90: the largest of its models' P90s, taken as the P90 of the wait plus
+    the envelope of their service times (at each probability the largest model's value), which
+    is never below any one model's and, for the alike models a pod holds, barely above the
+    slowest's; one row for a pod of hundreds of models."""
+    if not streams:
+        return 0.0
+    wait = mix_wait(cores, streams)
+    services = list(dict.fromkeys(s.service for s in streams))
+    z = _normal_midpoints(QUANTILE_POINTS)
+    extra = np.array([s.extra_ms for s in services])[:, None]
+    p50 = np.array([s.p50_ms for s in services])[:, None]
+    sigma = np.array([s.sigma for s in services])[:, None]
+    envelope = (extra + p50 * np.exp(sigma * z[None, :])).max(axis=0)
+    return float(quantiles_of_sum(envelope[None, :], wait)[0]) + max(s.after_ms for s in streams)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ re-planner honours the budget through the caps it already reads.
 - sigma runs over the catalogue's distinct SLOs (bucketed down when there are many), plus no SLO;
 - L runs over a geometric ladder of the members' service p90s, kept only where a lower ceiling
   buys a clearly higher cap (a fast strict model should not wait behind a slow lax one);
+- a laxer SLO level whose models the stricter level's pods already admit at nearly the same cap
+  gets no tiers of its own: fewer shapes keep column generation's rounds many;
 - a model may go to a tier only where it fits the tier's rules; it is refused on a processor
   only where no tier has room for it, i.e. its own p90 (with the server's work) exceeds its SLO.
 """
@@ -28,7 +30,8 @@ from packing.resources import NodeShape
 MAX_SLO_TIERS = 6  # more distinct SLOs than this are rounded down onto a geometric ladder
 SLO_LADDER_RATIO = 1.25
 CEILING_RATIO = 1.6  # service-p90 ladder of the ceilings
-CEILING_GAIN = 1.15  # a lower ceiling is kept only when its cap is this much higher
+CEILING_GAIN = 1.25  # a lower ceiling is kept only when its cap is this much higher
+LEVEL_GAIN = 1.1  # a laxer SLO level gets tiers of its own only when they allow this much more load
 TOLERANCE = 1e-9
 
 
@@ -84,31 +87,48 @@ def tiered_shapes(shapes: Sequence[NodeShape], slo: np.ndarray, p50: Dict[str, n
     out: List[NodeShape] = []
     base_of: List[int] = []
     cache: Dict[tuple, List[Tuple[float, float]]] = {}
+
+    def tiers_at(shape: NodeShape, sigma: float, members: np.ndarray) -> List[Tuple[float, float]]:
+        if math.isinf(sigma):
+            return [(math.inf, max_utilisation)]
+        proc = shape.processor
+        pairs = sorted(set(zip(p50[proc][members].tolist(), p90[proc][members].tolist(), strict=True)))
+        key = (proc, shape.cores_per_device, shape.request_cpu_ms, sigma, tuple(pairs))
+        if key not in cache:
+            services = [service_of(shape, a, q) for a, q in pairs]
+
+            def cap_of(ceiling: float, services=services, cores=shape.cores_per_device) -> float:
+                inside = [(s, after) for s, after in services
+                          if s.p90_ms + s.extra_ms + after <= ceiling * (1 + TOLERANCE)]
+                return tier_utilisation_cap(cores, TierBound.of(inside), sigma, max_utilisation) if inside else 0.0
+
+            cache[key] = _ceilings(services, cap_of)
+        return cache[key]
+
     for b, shape in enumerate(shapes):
         proc = shape.processor
+        kept: List[List[Tuple[float, float]]] = []
         for sigma in levels:
             members = has[proc] & (slo >= sigma * (1 - TOLERANCE))
             if not members.any():
                 continue
-            if math.isinf(sigma):
-                out.append(dataclasses.replace(shape, utilisation_cap=max_utilisation))
-                base_of.append(b)
+            tiers = tiers_at(shape, sigma, members)
+            if not tiers:
                 continue
-            pairs = sorted(set(zip(p50[proc][members].tolist(), p90[proc][members].tolist(), strict=True)))
-            key = (proc, shape.cores_per_device, shape.request_cpu_ms, sigma, tuple(pairs))
-            if key not in cache:
-                services = [service_of(shape, a, q) for a, q in pairs]
-
-                def cap_of(ceiling: float, services=services, cores=shape.cores_per_device, sigma=sigma) -> float:
-                    inside = [(s, after) for s, after in services
-                              if s.p90_ms + s.extra_ms + after <= ceiling * (1 + TOLERANCE)]
-                    return tier_utilisation_cap(cores, TierBound.of(inside), sigma, max_utilisation) if inside else 0.0
-
-                cache[key] = _ceilings(services, cap_of)
-            for ceiling, cap in cache[key]:
+            if kept and _merges_into(kept[-1], tiers, p90[proc][has[proc] & (slo == sigma)] + shape.request_cpu_ms):
+                continue  # this level's models ride in the stricter tier's pods at nearly the same cap
+            kept.append(tiers)
+            for ceiling, cap in tiers:
                 out.append(dataclasses.replace(shape, utilisation_cap=cap, slo_ms=sigma, service_ceiling_ms=ceiling))
                 base_of.append(b)
     return out, base_of
+
+
+def _merges_into(stricter: List[Tuple[float, float]], laxer: List[Tuple[float, float]], own_p90: np.ndarray) -> bool:
+    """A laxer SLO level needs no tiers of its own where the stricter level's pods admit all of its
+    models (their service p90 within its highest ceiling) at a cap within LEVEL_GAIN of its own."""
+    top = max(c for c, _ in stricter)
+    return bool((own_p90 <= top * (1 + TOLERANCE)).all()) and max(u for _, u in laxer) < LEVEL_GAIN * max(u for _, u in stricter)
 
 
 def admitted(shape: NodeShape, slo: np.ndarray, service_p90: np.ndarray) -> np.ndarray:

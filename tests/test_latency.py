@@ -62,13 +62,21 @@ def test_unstable_pod_predicts_infinity():
 
 def test_idle_pod_predicts_the_service_p90():
     s = ServiceTime(20.0, 26.0)
-    assert pod_p90_ms(2, [Stream(0.0, s)]) == pytest.approx(26.0, rel=1e-6)
+    assert stream_p90s_ms(2, [Stream(0.0, s)])[0] == pytest.approx(26.0, rel=1e-6)
+    # The pod's figure reads the service-time grid: at most a few tenths of a percent above.
+    assert 26.0 <= pod_p90_ms(2, [Stream(0.0, s)]) <= 26.0 * 1.005
 
 
 def test_server_work_off_the_queue_adds_to_the_response():
     s = ServiceTime(10.0, 12.0)
     base = pod_p90_ms(1, [Stream(30.0, s)])
     assert pod_p90_ms(1, [Stream(30.0, s, after_ms=4.0)]) == pytest.approx(base + 4.0)
+
+
+def test_the_pod_figure_is_its_slowest_model_s():
+    streams = [Stream(30.0, ServiceTime(5.0, 6.0)), Stream(6.0, ServiceTime(50.0, 55.0), after_ms=1.0)]
+    assert pod_p90_ms(1, streams) == pytest.approx(max(stream_p90s_ms(1, streams)), rel=5e-3)
+    assert pod_p90_ms(1, streams) >= max(stream_p90s_ms(1, streams)) * (1 - 1e-3)
 
 
 def test_a_fast_model_waits_behind_a_slow_one():
