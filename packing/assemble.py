@@ -16,6 +16,7 @@ import numpy as np
 from packing.classes import Classes
 from packing.colgen import Pattern
 from packing.demand import Demand
+from packing.nodes import NodePool
 from packing.resources import NodeShape, node_groups, nodes_price
 
 
@@ -27,13 +28,6 @@ class BuiltServer:
     host_per_pod: float = 0.0
     placements: List[Tuple[int, int]] = field(default_factory=list)  # (node index, device index)
     pattern: int = -1
-
-
-@dataclass
-class Node:
-    free_slots: List[int]
-    free_host: float
-    servers: set = field(default_factory=set)
 
 
 def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Classes, dem: Demand) -> List[BuiltServer]:
@@ -59,32 +53,17 @@ def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Class
 
 
 def place_on_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spread: int) -> Dict[int, int]:
-    """Assign every pod a (node, device); returns nodes used per shape. `spread`: the first
-    `spread` replicas of a server must land on distinct nodes (redundancy across nodes)."""
-    nodes_by_shape: Dict[int, List[Node]] = {}
+    """Assign every pod a (node, device) with the one placer (`nodes.NodePool.place`: best fit by
+    host memory, a new node only when none has room); returns nodes used per shape. `spread`:
+    the first `spread` replicas of a server must land on distinct nodes (redundancy across nodes)."""
+    pool = NodePool(shapes)
     order = sorted(range(len(servers)), key=lambda k: (servers[k].shape, -servers[k].host_per_pod * servers[k].replicas, k))
     for k in order:
         s = servers[k]
-        shape = shapes[s.shape]
-        nodes = nodes_by_shape.setdefault(s.shape, [])
         for rep in range(s.replicas):
-            need = s.host_per_pod
-            fits = [n for n in range(len(nodes)) if nodes[n].free_slots and nodes[n].free_host >= need - 1e-9 * shape.host_alloc_mib]
-            apart = [n for n in fits if k not in nodes[n].servers]
-            pool = apart if (apart or rep < spread) else fits
-            if pool:
-                n = min(pool, key=lambda n: (nodes[n].free_host - need, n))
-            else:
-                if need > shape.host_alloc_mib * (1 + 1e-9):
-                    raise AssertionError(f"a pod of {need:.0f} MiB cannot fit a {shape.name} node")
-                nodes.append(Node(list(range(shape.slots)), shape.host_alloc_mib))
-                n = len(nodes) - 1
-            node = nodes[n]
-            device = node.free_slots.pop(0)
-            node.free_host -= need
-            node.servers.add(k)
-            s.placements.append((n, device))
-    return {t: len(ns) for t, ns in nodes_by_shape.items()}
+            here = {n for n, _ in s.placements}
+            s.placements.append(pool.place(s.shape, k, s.host_per_pod, here, must_be_apart=rep < spread))
+    return pool.compact()[1]
 
 
 def share_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spread: int,

@@ -14,7 +14,7 @@
 - `reference_fixed_packing`: the reference design's fixed packing, `per_device` models per chip
   on inf1.6xlarge: ceil(models / (per_device x chips)) nodes.
 
-The capacity rules mirror the planner's (`packing.colgen.pod_caps`, `packing.demand`): model
+The capacity rules are the planner's own (`packing.resources.pod_caps`): model
 memory per pod, utilisation per pod, host memory per pod (server base + the models' host memory)
 and per node, all with a relative tolerance of 1e-9.
 """
@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from packing.demand import TOLERANCE, Demand
-from packing.resources import NodeShape, PackingOptions, nodes_price
+from packing.demand import Demand
+from packing.resources import NodeShape, PackingOptions, node_host_cap, nodes_price, pod_caps, pod_fits
 
 NEG = -math.inf
 
@@ -87,11 +87,8 @@ class _Shape:
     """Open nodes and pods (servers) of one shape, with tolerant capacities."""
 
     def __init__(self, s: NodeShape) -> None:
-        tol = 1 + TOLERANCE
-        self.mem_cap = s.device_memory_cap_mib * tol
-        self.util_cap = s.utilisation_cap * tol
-        self.room_cap = (s.host_alloc_mib - s.pod_base_mib) * tol  # models' host memory in one pod
-        self.host_cap = s.host_alloc_mib * tol
+        self.mem_cap, self.util_cap, self.room_cap = pod_caps(s)  # room: models' host memory in one pod
+        self.host_cap = node_host_cap(s)
         self.base = s.pod_base_mib
         self.slots = s.slots
         # nodes: free slots, free host memory, servers with a pod there
@@ -256,11 +253,9 @@ def reference_fixed_packing(demand: Demand, shapes: Sequence[NodeShape], opts: P
     if t is None or n == 0 or not bool(demand.eligible[:, t].all()) or bool(demand.hot[:, t].any()):
         return None
     s = shapes[t]
-    tol = 1 + TOLERANCE
-    fits = (per_device * float(demand.d[:, t].max()) <= s.device_memory_cap_mib * tol
-            and per_device * float(demand.u[:, t].max()) <= s.utilisation_cap * tol
-            and per_device * float(demand.h[:, t].max()) <= (s.host_alloc_mib - s.pod_base_mib) * tol
-            and s.slots * (s.pod_base_mib + per_device * float(demand.h[:, t].max())) <= s.host_alloc_mib * tol)
+    fits = (pod_fits(s, per_device * float(demand.d[:, t].max()), per_device * float(demand.u[:, t].max()),
+                     per_device * float(demand.h[:, t].max()))
+            and s.slots * (s.pod_base_mib + per_device * float(demand.h[:, t].max())) <= node_host_cap(s))
     if not fits:
         return None
     count = math.ceil(n / (per_device * s.slots))

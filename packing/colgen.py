@@ -31,7 +31,7 @@ import numpy as np
 
 from packing.classes import Classes
 from packing.knapsack import Knapsack, new_highs
-from packing.resources import NodeShape, node_groups
+from packing.resources import TOLERANCE, NodeShape, node_groups, pod_caps
 
 INF = highspy.kHighsInf
 EPS = 1e-7
@@ -62,12 +62,6 @@ class ColGenResult:
     iterations: int
     converged: bool
     seconds: float
-
-
-def pod_caps(s: NodeShape) -> Tuple[float, float, float]:
-    """What one pod may hold: model memory, utilisation, host memory for models (relative tolerance)."""
-    tol = 1 + 1e-9
-    return (s.device_memory_cap_mib * tol, s.utilisation_cap * tol, (s.host_alloc_mib - s.pod_base_mib) * tol)
 
 
 def all_fillings(knap: Knapsack, limit: int) -> Optional[List[np.ndarray]]:
@@ -202,7 +196,7 @@ class ColumnGeneration:
         rows = [i for i, _ in p.counts] + [self.slot_row(p.shape), self.slot_row(p.shape) + 1]
         vals = [float(a) for _, a in p.counts] + [float(p.replicas), p.replicas * p.host_per_pod]
         for n, q in enumerate(BIG_POD_SPLITS):
-            if p.host_per_pod > self.shapes[p.shape].host_alloc_mib / q * (1 + 1e-9):
+            if p.host_per_pod > self.shapes[p.shape].host_alloc_mib / q * (1 + TOLERANCE):
                 rows.append(len(self.cls) + 2 * len(self.shapes) + len(BIG_POD_SPLITS) * p.shape + n)
                 vals.append(float(p.replicas))
         self.h.addCol(0.0, 0.0, INF, len(rows), np.array(rows, np.int32), np.array(vals))

@@ -19,10 +19,8 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from contracts import ModelSpec, Profile
-from packing.resources import NodeShape, PackingOptions
+from packing.resources import TOLERANCE, NodeShape, PackingOptions, pod_caps
 from packing.tiers import admitted, slo_levels, tiered_shapes
-
-TOLERANCE = 1e-9  # capacity comparisons are relative, so float sums never reject an exact fit
 
 
 class UnplaceableModels(ValueError):
@@ -88,8 +86,8 @@ def build_demand(
     fits_base = {}
     for b, s in enumerate(shapes):
         has, dev, host, _, _ = by_processor[s.processor]
-        fits = dev <= s.device_memory_cap_mib * (1 + TOLERANCE)
-        fits &= (s.pod_base_mib + host) <= s.host_alloc_mib * (1 + TOLERANCE)
+        mem_cap, _, host_cap = pod_caps(s)
+        fits = (dev <= mem_cap) & (host <= host_cap)
         fits_base[b] = has & fits
     level = slo_levels(slo)
     tiered, base_of = tiered_shapes(
@@ -124,10 +122,10 @@ def _why_not(m: ModelSpec, i: int, dem: Demand, profiles, slo: np.ndarray, opts:
             continue
         if p not in profiles.get(m.id, {}):
             reasons[p] = "no profile (inline, measured or reference)"
-        elif dem.d[i, j] > s.device_memory_cap_mib * (1 + TOLERANCE):
+        elif dem.d[i, j] > pod_caps(s)[0]:
             reasons.setdefault(p, f"needs {dem.d[i, j]:.0f} MiB, the largest pod holds "
                                   f"{s.device_memory_cap_mib:.0f} MiB (see --max-device-memory-gib)")
-        elif s.pod_base_mib + dem.h[i, j] > s.host_alloc_mib * (1 + TOLERANCE):
+        elif dem.h[i, j] > pod_caps(s)[2]:
             reasons.setdefault(p, f"needs {dem.h[i, j]:.0f} MiB of host memory, more than a node allocates")
         else:
             own = dem.p90[i, j] + s.request_cpu_ms

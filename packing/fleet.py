@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from packing.assemble import BuiltServer
-from packing.demand import TOLERANCE, Demand
+from packing.demand import Demand
 from packing.nodes import NodePool
-from packing.resources import PackingOptions, nodes_price
+from packing.resources import PackingOptions, node_host_cap, nodes_price, pod_caps
 
 
 @dataclass
@@ -124,9 +124,9 @@ class Room:
         self.mem = np.array([float(dem.d[s.models, s.shape].sum()) for s in servers])
         self.load = np.array([float(dem.u[s.models, s.shape].sum()) for s in servers])
         self.host = np.array([s.host_per_pod for s in servers])
-        self.mem_cap = np.array([dem.shapes[t].device_memory_cap_mib for t in self.shape]) * (1 + TOLERANCE)
-        self.host_cap = np.array([dem.shapes[t].host_alloc_mib for t in self.shape]) * (1 + TOLERANCE)
-        self.load_cap = np.array([dem.shapes[t].utilisation_cap for t in self.shape]) * (1 + TOLERANCE)
+        caps = np.array([pod_caps(dem.shapes[t]) for t in self.shape]).reshape(-1, 3)
+        self.mem_cap, self.load_cap = caps[:, 0], caps[:, 1]
+        self.host_cap = np.array([node_host_cap(dem.shapes[t]) for t in self.shape])
         # Servers already restarting first: a model put there restarts nothing more.
         self.later = np.ones(len(servers), int)
         self.later[list(fleet.changed)] = 0

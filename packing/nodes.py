@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Set, Tuple
 
-from packing.resources import NodeShape
-
-TOLERANCE = 1e-9
+from packing.resources import NodeShape, node_host_cap
 
 
 @dataclass
@@ -34,7 +32,7 @@ class NodePool:
         return nodes[n]
 
     def host_room(self, t: int, n: int) -> float:
-        return self.shapes[t].host_alloc_mib * (1 + TOLERANCE) - self._node(t, n).host_used
+        return node_host_cap(self.shapes[t]) - self._node(t, n).host_used
 
     def occupy(self, t: int, n: int, d: int, key: int, host: float) -> bool:
         """Put a pod back where it was; False (and nothing changes) where it no longer fits."""
@@ -59,7 +57,7 @@ class NodePool:
         if pool:
             n = min(pool, key=lambda n: (self.host_room(t, n) - host, n))
         else:
-            if host > shape.host_alloc_mib * (1 + TOLERANCE):
+            if host > node_host_cap(shape):
                 raise AssertionError(f"a pod of {host:.0f} MiB cannot fit a {shape.name} node")
             nodes.append(OpenNode())
             n = len(nodes) - 1

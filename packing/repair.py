@@ -13,7 +13,7 @@ from packing.assemble import BuiltServer, place_on_nodes
 from packing.baselines import BaselineResult
 from packing.demand import Demand
 from packing.fleet import Fleet, tighten
-from packing.resources import NodeShape, PackingOptions, nodes_price
+from packing.resources import NodeShape, PackingOptions, nodes_price, pod_caps
 
 
 @dataclass
@@ -59,7 +59,7 @@ def first_fit_on(dem: Demand, t: int, opts: PackingOptions) -> Optional[Solved]:
     s = dem.shapes[t]
     if opts.min_replicas != 1 or not dem.eligible[:, t].all() or dem.hot[:, t].any():
         return None
-    caps = (s.device_memory_cap_mib * (1 + 1e-9), s.utilisation_cap * (1 + 1e-9), (s.host_alloc_mib - s.pod_base_mib) * (1 + 1e-9))
+    caps = pod_caps(s)
     pods: List[List[float]] = []
     members: List[List[int]] = []
     for m in np.argsort(-dem.d[:, t], kind="stable").tolist():

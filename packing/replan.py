@@ -29,7 +29,7 @@ import numpy as np
 from contracts import InstanceCatalogue, ModelSpec, Plan, PreviousPlan, Profile
 from packing.assemble import BuiltServer
 from packing.classes import build_classes
-from packing.demand import TOLERANCE, Demand, build_demand
+from packing.demand import Demand, build_demand
 from packing.diff import plan_diff
 from packing.dominance import undominated
 from packing.fleet import Fleet
@@ -38,7 +38,7 @@ from packing.knapsack import quiet_banner
 from packing.nodes import NodePool
 from packing.planner import CLASS_RESOLUTION, EXACT_CLASSES_UP_TO, LOAD_RESOLUTION, PlanResult, pack, write_plan
 from packing.repair import Solved
-from packing.resources import PackingOptions, node_shapes
+from packing.resources import TOLERANCE, PackingOptions, node_shapes, pod_caps
 
 SERVER_ID = re.compile(r"^([a-z0-9]+)-(\d+)$")
 CONSOLIDATION_TRIALS = 6  # candidate sets of emptiest nodes tried: 1, 2, 4, ... nodes
@@ -89,8 +89,7 @@ def fit_server(models: Sequence[int], t: int, dem: Demand) -> Tuple[List[int], L
     shape = dem.shapes[t]
     stay = [m for m in models if dem.eligible[m, t]]
     out = [m for m in models if not dem.eligible[m, t]]
-    mem_cap = shape.device_memory_cap_mib * (1 + TOLERANCE)
-    host_cap = (shape.host_alloc_mib - shape.pod_base_mib) * (1 + TOLERANCE)
+    mem_cap, _, host_cap = pod_caps(shape)
     while stay and float(dem.d[stay, t].sum()) > mem_cap:
         out.append(stay.pop(int(np.argmax(dem.d[stay, t]))))
     while stay and float(dem.h[stay, t].sum()) > host_cap:

@@ -9,6 +9,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from contracts import InstanceCatalogue, InstanceType
 
 MIB_PER_GIB = 1024
+# The one relative tolerance of every capacity comparison: float sums never reject an exact fit.
+TOLERANCE = 1e-9
 EVICTION_HARD_MIB = 100
 ACCELERATOR_RESOURCE = {"gpu": "nvidia.com/gpu", "inf1": "aws.amazon.com/neuron", "inf2": "aws.amazon.com/neuron"}
 
@@ -70,6 +72,25 @@ class PackingOptions:
     min_replicas: int = 1
     only_instance_types: Optional[Tuple[str, ...]] = None
     time_limit_s: float = 60.0
+
+
+def pod_caps(s: NodeShape) -> Tuple[float, float, float]:
+    """What one pod of shape s may hold, tolerance included: model memory, utilisation (its SLO
+    tier's cap), and host memory for its models (the node's allocatable less the server base).
+    Every solver, baseline and re-planner asks this, so a pod is feasible by one rule."""
+    tol = 1 + TOLERANCE
+    return (s.device_memory_cap_mib * tol, s.utilisation_cap * tol, (s.host_alloc_mib - s.pod_base_mib) * tol)
+
+
+def node_host_cap(s: NodeShape) -> float:
+    """Host memory the pods on one node of shape s may request together, tolerance included."""
+    return s.host_alloc_mib * (1 + TOLERANCE)
+
+
+def pod_fits(s: NodeShape, memory_mib: float, utilisation: float, models_host_mib: float) -> bool:
+    """Whether one pod of shape s holds models of these summed figures (utilisation per pod)."""
+    mem, util, host = pod_caps(s)
+    return memory_mib <= mem and utilisation <= util and models_host_mib <= host
 
 
 def node_groups(shapes: Sequence[NodeShape]) -> List[int]:
