@@ -48,7 +48,7 @@ def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Class
     if left:
         raise AssertionError(f"{left} models left unplaced by the integer solution")
     for s in built:
-        s.host_per_pod = dem.shapes[s.shape].pod_base_mib + float(dem.h[s.models, s.shape].sum())
+        s.host_per_pod = dem.host_per_pod(s.models, s.shape)
     return built
 
 

@@ -47,6 +47,10 @@ class Demand:
         return Demand(self.model_ids, [self.shapes[t] for t in j], self.d[:, j], self.h[:, j], self.u[:, j],
                       self.p90[:, j], self.latency[:, j], self.eligible[:, j], self.replicas[:, j], self.hot[:, j], self.rps)
 
+    def host_per_pod(self, models: Sequence[int], t: int) -> float:
+        """Host memory one pod of shape t holding these models requests: the server base and theirs."""
+        return self.shapes[t].pod_base_mib + float(self.h[list(models), t].sum())
+
     def subset(self, models: Sequence[int]) -> Demand:
         """The demand of some models only (indices into this one), renumbered from 0."""
         return _rows(self, np.asarray(models, dtype=int))

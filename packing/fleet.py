@@ -51,7 +51,7 @@ class Fleet:
         return fleet
 
     def host_per_pod(self, models: Sequence[int], t: int) -> float:
-        return self.dem.shapes[t].pod_base_mib + float(self.dem.h[list(models), t].sum())
+        return self.dem.host_per_pod(models, t)
 
     def cost(self) -> float:
         _, counts = self.pool.compact()

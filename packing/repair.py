@@ -72,7 +72,7 @@ def first_fit_on(dem: Demand, t: int, opts: PackingOptions) -> Optional[Solved]:
         else:
             pods.append(list(need))
             members.append([m])
-    built = [BuiltServer(t, 1, sorted(ms), host_per_pod=s.pod_base_mib + float(dem.h[ms, t].sum())) for ms in members]
+    built = [BuiltServer(t, 1, sorted(ms), host_per_pod=dem.host_per_pod(ms, t)) for ms in members]
     nodes = place_on_nodes(built, dem.shapes, spread=1)
     return Solved(built, nodes, 0.0, {})
 
@@ -147,7 +147,7 @@ def from_baseline(result: BaselineResult, dem: Demand) -> List[BuiltServer]:
     built = []
     for b in result.servers:
         s = BuiltServer(b.shape, b.replicas, sorted(int(m) for m in b.models))
-        s.host_per_pod = dem.shapes[b.shape].pod_base_mib + float(dem.h[s.models, b.shape].sum())
+        s.host_per_pod = dem.host_per_pod(s.models, b.shape)
         for n in b.nodes:
             d = devices.get((b.shape, n), 0)
             devices[b.shape, n] = d + 1
