@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=None,
                    help="open: total req/s, spread over the models in proportion to their rps (uniformly without --models)")
     p.add_argument("--duration", type=float, default=30.0, help="open: seconds of arrivals (default 30)")
+    p.add_argument("--open-server", default=None, metavar="ID|auto",
+                   help="open: only this server's models get their rates (auto: the plan's busiest one-replica server at "
+                        "or below 70%% predicted utilisation), so its pod is sent the rate the plan predicts its P90 at")
     p.add_argument("--max-requests", type=int, default=100_000, help="most requests of any one mode or bmk step (default 100000)")
     p.add_argument("--time-limit", type=float, default=1800.0, help="seconds for the whole run; modes stop when it passes (default 1800)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
@@ -264,6 +267,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         catalogue = load_rates(args.models)
         modes = choose_modes(args.modes, bool(catalogue) or args.rate is not None)
         rates = open_rates(targets, catalogue, args.scale, args.rate) if "open" in modes else {}
+        open_server = None
+        if "open" in modes and args.open_server:
+            open_server, rates = reporting.open_server_rates(rates, {t.model: t.server for t in targets}, plan, args.open_server)
         if "open" in modes and not sum(rates.values()) > 0:
             raise ContractError("open: no request rates: give --models models.yaml (with rps for the routes' models) or --rate R")
         if "bmk" in modes:
@@ -285,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 130
     meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "routes": str(args.routes), "base_url": base,
             "plan": str(args.plan) if args.plan else None, "models_file": str(args.models) if args.models else None,
-            "modes_run": modes, "seed": args.seed}
+            "modes_run": modes, "seed": args.seed, "open_server": open_server}
     report = reporting.build(results, plan, meta)
     paths = reporting.write(report, args.out, args.plan.with_suffix(".png") if args.plan else None)
     print(reporting.markdown(dict(report, plot=paths["png"].name if "png" in paths else None)).split("\n## Every mode")[0].rstrip())

@@ -23,6 +23,9 @@ from bench.latency import (
     text_with_tokens,
     within,
 )
+from contracts import ContractError, Plan
+from loadtest.report import OpenLoopResult, open_server_rates, server_rows
+from loadtest.stats import Sample
 
 PROFILES = {SLOW: ModelProfile(20.0, 22.0), FAST: ModelProfile(5.0, 6.0)}
 
@@ -141,3 +144,50 @@ def test_summary_and_markdown_state_each_group() -> None:
     assert "| minilm-w1-b1 | 0.8 | 40.0 | minilm | 600 | 30.0 | 42.0 | 1.40 ✗ |" in text
     assert "**3.50 ms**" in text
     assert "1 of 2 ratios within 0.8–1.25" in text
+
+
+# ---- the load test's predicted-vs-measured P90 (loadtest/report.py), which this benchmark's figures back ----
+def _plan(servers: list) -> Plan:
+    return Plan.model_validate({
+        "schema": 1, "inputs": {}, "options": {}, "solver": {}, "instances": {"c5.xlarge": 2}, "cost_per_hour": 0.34,
+        "platform_per_hour": 0.0, "lower_bound_per_hour": 0.34, "gap": 0.0, "solve_seconds": 0.0, "created_at": "2026-01-01T00:00:00Z",
+        "servers": [{"id": sid, "instance_type": "c5.xlarge", "processor": "cpu", "replicas": replicas,
+                     "placements": [{"instance_index": i, "device_index": r} for r in range(replicas)], "models": models,
+                     "requests": {"cpu_m": 2000, "memory_mib": 1024}, "memory_budget_mib": 512,
+                     "predicted": {"utilisation": util, "p90_ms": 40.0}} for i, (sid, models, replicas, util) in enumerate(servers)],
+        "profile_sources": {}})
+
+
+def _open(scale: float) -> OpenLoopResult:
+    planned = {"a": 10.0, "b": 10.0, "c": 20.0}
+    samples = [Sample(m, s, 0.1 * i, 0.1 * i + 0.030, 200) for i, (m, s) in enumerate([("a", "one"), ("c", "two")] * 20)]
+    return OpenLoopResult(samples, (0.0, 4.0), scale, 4.0, {m: r * scale for m, r in planned.items()}, planned)
+
+
+def test_the_plans_p90_is_compared_only_at_the_rate_it_was_predicted_at() -> None:
+    plan = _plan([("one", ["a", "b"], 1, 0.4), ("two", ["c"], 2, 0.3)])
+    at_scale = {r["server"]: r for r in server_rows(_open(1.0), plan, shared_by_replicas=False)}
+    assert at_scale["one"]["compared"] and at_scale["one"]["ratio"] == pytest.approx(30.0 / 40.0)
+    # one local process for a 2-replica server gets all its traffic: twice the planned rate per pod
+    assert at_scale["two"]["pod_sent_rps"] == pytest.approx(20.0) and at_scale["two"]["pod_planned_rps"] == pytest.approx(10.0)
+    assert at_scale["two"]["ratio"] is None
+    through_gateway = {r["server"]: r for r in server_rows(_open(1.0), plan, shared_by_replicas=True)}
+    assert through_gateway["two"]["ratio"] == pytest.approx(30.0 / 40.0)
+    light = {r["server"]: r for r in server_rows(_open(0.2), plan, shared_by_replicas=False)}
+    assert light["one"]["measured_p90_ms"] == pytest.approx(30.0) and light["one"]["ratio"] is None
+    half = {r["server"]: r for r in server_rows(_open(0.5), plan, shared_by_replicas=False)}
+    assert half["two"]["ratio"] == pytest.approx(30.0 / 40.0) and half["one"]["ratio"] is None
+
+
+def test_open_server_keeps_one_servers_rates() -> None:
+    plan = _plan([("busy", ["a"], 1, 0.82), ("mid", ["b"], 1, 0.45), ("low", ["c"], 1, 0.1), ("two", ["d"], 2, 0.6)])
+    server_of = {"a": "busy", "b": "mid", "c": "low", "d": "two"}
+    rates = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0}
+    assert open_server_rates(rates, server_of, plan, "auto") == ("mid", {"a": 0.0, "b": 4.0, "c": 0.0, "d": 0.0})
+    assert open_server_rates(rates, server_of, plan, "low")[1] == {"a": 0.0, "b": 0.0, "c": 3.0, "d": 0.0}
+    saturated = _plan([("busy", ["a"], 1, 0.82), ("busier", ["b"], 1, 0.9)])
+    assert open_server_rates(rates, server_of | {"b": "busier"}, saturated, "auto")[0] == "busy"
+    with pytest.raises(ContractError, match="not a server of the routes"):
+        open_server_rates(rates, server_of, plan, "nope")
+    with pytest.raises(ContractError, match="give --plan"):
+        open_server_rates(rates, server_of, None, "auto")
