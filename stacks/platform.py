@@ -29,7 +29,7 @@ from stacks.addons import AddOns
 from stacks.artifacts import ArtifactStore
 from stacks.cluster import FleetCluster, PlanNodeGroups
 from stacks.network import Network
-from stacks.registry import ImageRegistry, image_uri
+from stacks.registry import ImageRegistry
 from stacks.serving import GatewayAddress, ServerReleases, ServingRole, envoy_proxy_for
 from stacks.settings import EnvSettings
 from stacks.sizing import neuron_scheduler_needed, plan_node_groups
@@ -40,9 +40,6 @@ from stacks.smoke import SmokeTest
 class Registry:
     account: str
     region: str
-
-    def uri(self, repository: str) -> str:
-        return image_uri(self.account, self.region, repository)
 
 
 @dataclass

@@ -47,7 +47,3 @@ class ImageRegistry(Construct):
                 ))
             self.repositories[processor] = repo
 
-
-def image_uri(account: str, region: str, repository_name: str) -> str:
-    """The repository URI as a plain string (no token), for values that cross accounts."""
-    return f"{account}.dkr.ecr.{region}.amazonaws.com/{repository_name}"
