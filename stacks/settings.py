@@ -158,8 +158,12 @@ def load_env(env: str, *, config_dir: Optional[Path] = None, plan: Optional[str]
             raise SettingsError(f"{label}: images.{processor}.repository must be an ECR repository in {region} "
                                 f"(<account>.dkr.ecr.{region}.amazonaws.com/<name>), got {image.repository!r}")
     plan_path = plan_path_for(env, config_dir=config_dir, plan=plan or stacks.plan)
+    # The document charts synth renders carries the stacks block with its defaults resolved, so the charts
+    # cap HPAs with the very burst factor the node groups are sized with.
+    document = config.model_dump(mode="json")
+    document["stacks"].update({k: get(k) for k in document["stacks"] if k not in ("plan", "access")})
     return EnvSettings(
-        env=env, config=config, document=config.model_dump(mode="json"), config_path=path,
+        env=env, config=config, document=document, config_path=path,
         account=config.irsa.account,
         region=region,
         plan_path=plan_path,

@@ -187,6 +187,8 @@ def test_settings_read_the_charts_model_and_take_defaults_for_the_rest(tmp_path)
     assert (p.account, p.serving_role_name, p.bucket_name, p.store_prefix) == ("999999999999", "r", "b-1", "models")
     assert p.repositories["cpu"] == "modelfleet-server-cpu" and p.image("cpu") == f"{REGISTRY}/modelfleet-server-cpu:abc"
     assert p.document["images"]["inf2"]["tag"] == "abc" and p.internet_facing
+    # What charts synth is given: the stacks block with its defaults resolved (the HPAs' burst factor).
+    assert s.document["stacks"]["burst_factor"] == 1.5 and s.document["stacks"]["max_azs"] == defaults.COMMON["max_azs"]
     # One reading: a key the charts' model does not know is an error for the stacks too (no aliases).
     _write_config(tmp_path, "dev", stacks={"account": "111111111111"})
     with pytest.raises(SettingsError, match="account"):
