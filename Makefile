@@ -11,7 +11,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test bench-pack bench-replan bench-trace bench-serve lint clean checkov-env
+.PHONY: demo test bench-pack bench-replan bench-trace bench-serve bench-latency lint clean checkov-env
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ STATE := $(OUT)/.modelfleet
 REPORT := report
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
+# The load test's second text: long enough that every request is cut to the traced 128 tokens, the length the
+# profiles (and so the plan's predicted P90) were measured at; a shorter request is served faster than predicted.
+DEMO_CONTEXT := Serving thousands of small language models on a few machines is a packing problem in which each \
+	server holds several models, every model has its own traffic, and the latency a user sees is the time a request \
+	waits behind the others plus the time its own forward pass takes on the cores of its pod. The planner predicts \
+	that latency from measured profiles before it places anything, and the load test sends real requests at the \
+	planned rates to check how close the prediction comes to what the servers do when the load is light, moderate \
+	or heavy, and how the answer changes when a fast model shares its pod with a slow one, or when a pod has two \
+	inference threads instead of one, or when the machine that runs it is busy with other work at the same time.
+
 demo: $(STAMP) node_modules/.bin/cdk
 	@echo "== 1/7 trace: 20 models from 3 sources, traced for cpu and profiled into $(OUT)/store"
 	$(PY) -m tracing trace --models $(DEMO_MODELS) --processor cpu --store $(OUT)/store --reps 10
@@ -50,11 +60,13 @@ demo: $(STAMP) node_modules/.bin/cdk
 	$(PY) -m charts synth --plan $(OUT)/plan.json --config config/dev.yaml --out $(OUT)/dist
 	@echo "== 5/7 cdk synth: the dev platform's CloudFormation -> $(OUT)/cdk.out (offline, no credentials)"
 	npx cdk synth -c env=dev -c plan=$(OUT)/plan.json -c dist=$(OUT)/dist -c pipeline=false --quiet -o $(OUT)/cdk.out
-	@echo "== 6/7 deploy: one server process per plan server on 127.0.0.1"
-	$(PY) -m deploy start --plan $(OUT)/plan.json --store $(OUT)/store --state-dir $(STATE)
-	@echo "== 7/7 load test: seq, rnd, a closed-loop sweep and an open loop at 20% of the plan's rates -> $(REPORT)/"
+	@echo "== 6/7 deploy: one server process per plan server on 127.0.0.1, two inference threads each as a c5 slice has two vCPUs"
+	$(PY) -m deploy start --plan $(OUT)/plan.json --store $(OUT)/store --state-dir $(STATE) --workers 2
+	@echo "== 7/7 load test: seq, rnd, a closed-loop sweep, and an open loop at the plan's rates against one server, whose"
+	@echo "   predicted P90 is then compared with the measured one at the rate it was predicted at -> $(REPORT)/"
 	$(PY) -m loadtest seq rnd bmk open --routes $(STATE)/routes.json --plan $(OUT)/plan.json --models $(DEMO_MODELS) \
-		--out $(REPORT) --count 40 --concurrency 1,2,4 --step-duration 5 --scale 0.2 --duration 15; \
+		--out $(REPORT) --count 40 --concurrency 1,2,4 --step-duration 5 --scale 1 --open-server auto --duration 30 \
+		--context "$(DEMO_CONTEXT)"; \
 		status=$$?; $(PY) -m deploy stop --state-dir $(STATE); exit $$status
 	@echo "demo outputs: $(OUT)/store (artifacts), $(OUT)/plan.json + plan.png, $(OUT)/mixed-3040-plan.json + .png,"
 	@echo "  $(OUT)/dist (manifests), $(OUT)/cdk.out (templates), $(REPORT)/report.md with plan.png and latency_throughput.png"
@@ -76,6 +88,12 @@ bench-trace: $(STAMP)
 # bench) and with 1-50 models; traced models are cached in bench/.cache/. About 10 minutes.
 bench-serve: $(STAMP)
 	$(PY) -m bench.serving --out bench/results/serving.json
+
+# The latency model (packing/latency.py) against real servers: pinned 1- and 2-worker pods of MiniLM alone and
+# mixed with a random BERT, open-loop Poisson load at 20-80% of the profiled capacity, both prediction rules beside
+# the measured P90, and the server's own CPU per request (server_base.request_cpu_ms). About 10 minutes.
+bench-latency: $(STAMP)
+	$(PY) -m bench.latency --out bench/results/latency.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
