@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from packing.classes import Classes
 from packing.colgen import Pattern
 from packing.demand import Demand
 from packing.nodes import NodePool
-from packing.resources import NodeShape, node_groups, nodes_price
+from packing.resources import NodeShape, node_groups
 
 
 @dataclass
@@ -66,27 +66,12 @@ def place_on_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spre
     return pool.compact()[1]
 
 
-def share_nodes(servers: List[BuiltServer], shapes: Sequence[NodeShape], spread: int,
-                nodes: Dict[int, int]) -> Optional[Dict[int, int]]:
-    """Pods of one instance type's SLO tiers on common nodes: every pod placed afresh with the
-    tiers of a type as one shape. Returns nodes per type (keyed by its first shape) and sets the
-    placements when that costs less than `nodes` (each tier on nodes of its own); else None and
-    nothing changes. Only the pods' tiers differ, never what a node must give them."""
-    group = node_groups(shapes)
-    if len(set(group)) == len(group):
-        return None
-    trial = [BuiltServer(group[s.shape], s.replicas, s.models, s.host_per_pod) for s in servers]
-    merged = place_on_nodes(trial, shapes, spread)
-    if nodes_price(merged, shapes) > nodes_price(nodes, shapes) + 1e-9:
-        return None
-    for s, t in zip(servers, trial, strict=True):
-        s.placements = t.placements
-    return merged
-
-
-def place_as_solved(servers: List[BuiltServer], pods: Sequence[Tuple[int, int, int]]) -> Dict[int, int]:
+def place_as_solved(servers: List[BuiltServer], pods: Sequence[Tuple[int, int, int]],
+                    shapes: Sequence[NodeShape]) -> Dict[int, int]:
     """Placements from an exact node-level solution: `pods` lists (pattern, shape, node) once per
-    pod; each pattern's pods are dealt round-robin to its servers. Returns nodes per shape."""
+    pod; each pattern's pods are dealt round-robin to its servers. Nodes are numbered per
+    instance type (`node_groups`); returns nodes per type."""
+    type_of = node_groups(shapes)
     by_pattern: Dict[int, List[Tuple[int, int]]] = {}
     for j, t, k in sorted(pods):
         by_pattern.setdefault(j, []).append((t, k))
@@ -99,14 +84,15 @@ def place_as_solved(servers: List[BuiltServer], pods: Sequence[Tuple[int, int, i
         slots = by_pattern[j]
         for q, s in enumerate(group):
             for t, k in slots[q::len(group)][: s.replicas]:
+                g = type_of[t]
                 if (t, k) not in renumber:
-                    renumber[t, k] = sum(1 for (u, _) in renumber if u == t)
+                    renumber[t, k] = sum(1 for (u, _) in renumber if type_of[u] == g)
                 n = renumber[t, k]
-                s.placements.append((n, devices.get((t, n), 0)))
-                devices[t, n] = devices.get((t, n), 0) + 1
+                s.placements.append((n, devices.get((g, n), 0)))
+                devices[g, n] = devices.get((g, n), 0) + 1
     used: Dict[int, int] = {}
     for t, _ in renumber:
-        used[t] = used.get(t, 0) + 1
+        used[type_of[t]] = used.get(type_of[t], 0) + 1
     return used
 
 

@@ -101,7 +101,7 @@ class Fleet:
         for k in sorted(keys):
             s = self.servers[k]
             for n, d in s.placements:
-                node = self.pool.nodes[s.shape][n]
+                node = self.pool.node(s.shape, n)
                 del node.devices[d]
                 node.host_used -= s.host_per_pod
             models.extend(s.models)

@@ -2,14 +2,17 @@
 pods go into free devices of open nodes first, and a node opens only when none has room.
 
 A node of shape t has `slots` devices (one pod each) and `host_alloc_mib` of host memory for its
-pods; the same rules `assemble.place_on_nodes` packs a fresh plan by.
+pods. The SLO tiers of one instance type are shapes that differ only in what their pods may hold,
+so they share nodes: nodes are kept per instance type (`resources.node_groups`), and a node index
+is an index among that type's nodes, as a plan's `instance_index` is. `assemble.place_on_nodes`
+packs a fresh plan with this placer too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Set, Tuple
 
-from packing.resources import NodeShape, node_host_cap
+from packing.resources import NodeShape, node_groups, node_host_cap
 
 
 @dataclass
@@ -19,14 +22,19 @@ class OpenNode:
 
 
 class NodePool:
-    """The nodes of every shape, each a map of its occupied devices; pods keyed by a server key."""
+    """The nodes of every instance type, each a map of its occupied devices; pods keyed by a
+    server key. Methods take a shape t; `nodes` is keyed by its type's first shape (`group[t]`)."""
 
     def __init__(self, shapes: Sequence[NodeShape]) -> None:
         self.shapes = shapes
+        self.group = node_groups(shapes)
         self.nodes: Dict[int, List[OpenNode]] = {}
 
+    def node(self, t: int, n: int) -> OpenNode:
+        return self._node(t, n)
+
     def _node(self, t: int, n: int) -> OpenNode:
-        nodes = self.nodes.setdefault(t, [])
+        nodes = self.nodes.setdefault(self.group[t], [])
         while len(nodes) <= n:
             nodes.append(OpenNode())
         return nodes[n]
@@ -50,7 +58,7 @@ class NodePool:
         """A new pod: best fit by host memory among open nodes with a free device, preferring
         nodes that hold none of its server's other pods (`apart_from`); a new node otherwise."""
         shape = self.shapes[t]
-        nodes = self.nodes.setdefault(t, [])
+        nodes = self.nodes.setdefault(self.group[t], [])
         fits = [n for n, node in enumerate(nodes) if len(node.devices) < shape.slots and host <= self.host_room(t, n)]
         apart = [n for n in fits if n not in apart_from]
         pool = apart if (apart or must_be_apart) else fits
@@ -68,14 +76,18 @@ class NodePool:
         return n, d
 
     def compact(self) -> Tuple[Dict[Tuple[int, int], int], Dict[int, int]]:
-        """Drop empty nodes, keeping the others' order: (old (shape, node) -> new node index,
-        nodes per shape)."""
+        """Drop empty nodes, keeping the others' order: (old (shape, node) -> new node index, for
+        every shape of the type, and nodes per type, keyed by its first shape)."""
+        members: Dict[int, List[int]] = {}
+        for t, g in enumerate(self.group):
+            members.setdefault(g, []).append(t)
         renumber: Dict[Tuple[int, int], int] = {}
         counts: Dict[int, int] = {}
-        for t, nodes in self.nodes.items():
+        for g, nodes in self.nodes.items():
             for n, node in enumerate(nodes):
                 if node.devices:
-                    renumber[t, n] = counts.get(t, 0)
-                    counts[t] = counts.get(t, 0) + 1
+                    for t in members[g]:
+                        renumber[t, n] = counts.get(g, 0)
+                    counts[g] = counts.get(g, 0) + 1
         return renumber, counts
 

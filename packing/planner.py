@@ -5,10 +5,10 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
-from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures, share_nodes
+from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
 from packing.baselines import first_fit_decreasing_by_price
 from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
@@ -19,7 +19,7 @@ from packing.knapsack import quiet_banner
 from packing.latency import Stream, pod_p90_ms
 from packing.loads import ModelLoad, PodLoad
 from packing.repair import Solved, ffd_nodes, from_baseline, improve, tighten_plan
-from packing.resources import NodeShape, PackingOptions, node_groups, node_shapes, nodes_price
+from packing.resources import NodeShape, PackingOptions, node_shapes, nodes_price
 from packing.tiers import service_of
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
@@ -148,7 +148,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
             exact_nodes = None  # no better packing within those node counts: keep ours
         if exact_nodes is not None and exact_nodes.cost < placed - 1e-9:
             built = fill_servers(exact_nodes.servers, cg.patterns, cls, dem)
-            nodes = place_as_solved(built, exact_nodes.pods)
+            nodes = place_as_solved(built, exact_nodes.pods, shapes)
     info = {"name": "exact-enumeration+highs" if exact else "column-generation+highs", "classes": len(cls),
             "columns": len(cg.patterns), "rounds": rounds, "lp_converged": converged,
             "lp_per_hour": lp_value, "fluid_per_hour": fluid.value,
@@ -171,11 +171,8 @@ def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: 
     ours = nodes_price(solved.nodes, shapes)
     if ffd.cost_per_hour < ours - 1e-9:
         say(f"first-fit decreasing beats the rounded LP: ${ffd.cost_per_hour:.3f}/h against ${ours:.3f}/h")
-        solved = Solved(from_baseline(ffd, dem), dict(ffd_nodes(ffd)), solved.lower, {**solved.info, "integer": "first-fit decreasing"})
-    shared = share_nodes(solved.built, shapes, opts.min_replicas, solved.nodes)
-    if shared is not None:
-        say(f"SLO tiers share nodes: ${nodes_price(solved.nodes, shapes):.3f}/h -> ${nodes_price(shared, shapes):.3f}/h")
-        solved = Solved(solved.built, shared, solved.lower, solved.info, shared_nodes=True)
+        solved = Solved(from_baseline(ffd, dem), ffd_nodes(ffd, shapes), solved.lower,
+                        {**solved.info, "integer": "first-fit decreasing"})
     return solved
 
 
@@ -203,18 +200,6 @@ def plan_servers(
     solved = pack(dem, shapes, opts, start, deadline, say)
     return write_plan(solved, dem, _server_ids(solved.built, shapes), models, profile_sources, catalogue, opts,
                       inputs, time.perf_counter() - start)
-
-
-def instance_numbering(nodes: Mapping[int, int], shapes: Sequence[NodeShape]) -> Tuple[Dict[int, int], Dict[str, int]]:
-    """Where each shape's nodes start among its instance type's (tiers of one type each count their
-    own nodes unless they share them), and the instances per type."""
-    offset: Dict[int, int] = {}
-    instances: Dict[str, int] = {}
-    for t in sorted(nodes, key=lambda t: (shapes[t].name, t)):
-        name = shapes[t].name
-        offset[t] = instances.get(name, 0)
-        instances[name] = offset[t] + nodes[t]
-    return offset, {name: n for name, n in sorted(instances.items()) if n > 0}
 
 
 def pod_streams(s: BuiltServer, dem: Demand) -> List[Stream]:
@@ -251,8 +236,7 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
     info = solved.info
 
     platform = float(sum(catalogue.platform.values()))
-    offset, instances = instance_numbering(nodes, shapes)
-    group = node_groups(shapes)
+    instances = {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
     cost = nodes_price(nodes, shapes) + platform
     bound = min(lower + platform, cost)
 
@@ -265,10 +249,9 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
         accel = shape.accelerator
         model_ids = [dem.model_ids[m] for m in s.models]
         slos = [models_by_id[i].slo_p90_ms for i in model_ids if models_by_id[i].slo_p90_ms is not None]
-        first = offset[group[s.shape] if solved.shared_nodes else s.shape]
         servers_json.append({
             "id": ids[k], "instance_type": shape.name, "processor": shape.processor, "replicas": s.replicas,
-            "placements": [{"instance_index": first + n, "device_index": d} for n, d in s.placements],
+            "placements": [{"instance_index": n, "device_index": d} for n, d in s.placements],
             "models": model_ids,
             "requests": {"cpu_m": pod_cpu_request_m(s, dem), "memory_mib": memory_request_mib(s),
                          **({"accelerator": {"name": accel[0], "count": accel[1]}} if accel else {})},

@@ -13,40 +13,40 @@ from packing.assemble import BuiltServer, place_on_nodes
 from packing.baselines import BaselineResult
 from packing.demand import Demand
 from packing.fleet import Fleet, tighten
-from packing.resources import NodeShape, PackingOptions, nodes_price, pod_caps
+from packing.resources import NodeShape, PackingOptions, node_groups, nodes_price, pod_caps
 
 
 @dataclass
 class Solved:
     built: List[BuiltServer]
-    nodes: Dict[int, int]  # shape -> nodes
+    # Nodes per instance type, keyed by its first shape (`resources.node_groups`); a placement's
+    # node index counts among its type's nodes, which the type's SLO tiers share.
+    nodes: Dict[int, int]
     lower: float  # proven bound on instance $/h
     info: Dict[str, object]
-    # False: placements index nodes of the server's own shape. True: nodes of its instance type,
-    # shared by that type's SLO tiers (`assemble.share_nodes`), keyed by the type's first shape.
-    shared_nodes: bool = False
 
 
 def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:
     """Nodes whose empty slots are worth a whole node of the cheapest size of their processor,
     and the servers that live only on them: rounding left these nodes, and their models may pack
     cheaper elsewhere. Only nodes all of whose servers move are counted, so moving frees them."""
+    group = node_groups(shapes)
     on: Dict[Tuple[int, int], set] = {}
     for k, s in enumerate(solved.built):
         for n, _ in s.placements:
-            on.setdefault((s.shape, n), set()).add(k)
+            on.setdefault((group[s.shape], n), set()).add(k)
     cheapest = {}
     for sh in shapes:
         cheapest[sh.processor] = min(cheapest.get(sh.processor, sh.price), sh.price)
     free = set()
     for key, ks in on.items():
         sh = shapes[key[0]]
-        used = sum(1 for k in ks for n, _ in solved.built[k].placements if (solved.built[k].shape, n) == key)
+        used = sum(1 for k in ks for n, _ in solved.built[k].placements if (group[solved.built[k].shape], n) == key)
         # Worth a try when its empty slots cost at least a whole node of the cheapest size.
         if sh.slots > 1 and (sh.slots - used) * sh.price / sh.slots >= cheapest[sh.processor] - 1e-9:
             free.add(key)
     while True:
-        movers = {k for k, s in enumerate(solved.built) if {(s.shape, n) for n, _ in s.placements} <= free}
+        movers = {k for k, s in enumerate(solved.built) if {(group[s.shape], n) for n, _ in s.placements} <= free}
         kept = {key for key in free if on[key] <= movers}
         if kept == free:
             return free, sorted(movers)
@@ -98,18 +98,20 @@ def improve(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts: Pack
     say(f"re-planned {len(models)} models from part-empty nodes: ${old_cost:.3f}/h -> ${new_cost:.3f}/h")
     gone = set(movers)
     keep = [s for k, s in enumerate(solved.built) if k not in gone]
+    group = node_groups(shapes)
     renumber: Dict[Tuple[int, int], int] = {}
     used: Dict[int, int] = {}
     for s in keep:
         places = []
+        g = group[s.shape]
         for n, d in s.placements:
-            if (s.shape, n) not in renumber:
-                renumber[s.shape, n] = used.get(s.shape, 0)
-                used[s.shape] = used.get(s.shape, 0) + 1
-            places.append((renumber[s.shape, n], d))
+            if (g, n) not in renumber:
+                renumber[g, n] = used.get(g, 0)
+                used[g] = used.get(g, 0) + 1
+            places.append((renumber[g, n], d))
         s.placements = places
     for s in sub.built:
-        offset = used.get(s.shape, 0)
+        offset = used.get(group[s.shape], 0)
         s.placements = [(n + offset, d) for n, d in s.placements]
         s.models = [models[m] for m in s.models]
     for t, n in sub.nodes.items():
@@ -142,7 +144,23 @@ def tighten_plan(solved: Solved, dem: Demand, shapes: Sequence[NodeShape], opts:
     return Solved(live, fresh, solved.lower, info)
 
 
+def _baseline_offsets(result: BaselineResult, shapes: Sequence[NodeShape]) -> Tuple[Dict[int, int], Dict[int, int]]:
+    """The baseline numbers nodes per shape: where each shape's nodes start among its type's, and
+    the nodes per type."""
+    per_shape: Dict[int, int] = {}
+    for b in result.servers:
+        per_shape[b.shape] = max(per_shape.get(b.shape, 0), max(b.nodes) + 1)
+    group = node_groups(shapes)
+    offset: Dict[int, int] = {}
+    per_type: Dict[int, int] = {}
+    for t in sorted(per_shape):
+        offset[t] = per_type.get(group[t], 0)
+        per_type[group[t]] = offset[t] + per_shape[t]
+    return offset, per_type
+
+
 def from_baseline(result: BaselineResult, dem: Demand) -> List[BuiltServer]:
+    offset, _ = _baseline_offsets(result, dem.shapes)
     devices: Dict[Tuple[int, int], int] = {}
     built = []
     for b in result.servers:
@@ -151,15 +169,12 @@ def from_baseline(result: BaselineResult, dem: Demand) -> List[BuiltServer]:
         for n in b.nodes:
             d = devices.get((b.shape, n), 0)
             devices[b.shape, n] = d + 1
-            s.placements.append((int(n), d))
+            s.placements.append((offset[b.shape] + int(n), d))
         built.append(s)
     return built
 
 
-def ffd_nodes(result: BaselineResult) -> Dict[int, int]:
-    nodes: Dict[int, int] = {}
-    for b in result.servers:
-        nodes[b.shape] = max(nodes.get(b.shape, 0), max(b.nodes) + 1)
-    return nodes
+def ffd_nodes(result: BaselineResult, shapes: Sequence[NodeShape]) -> Dict[int, int]:
+    return _baseline_offsets(result, shapes)[1]
 
 

@@ -196,7 +196,8 @@ def consolidate(fleet: Fleet, budget: MoveBudget, deadline: float, say: Callable
         if size > len(order) or time.perf_counter() > deadline - 1.0:
             break
         nodes = set(order[:size])
-        keys = [k for k, s in enumerate(fleet.servers) if s.models and any((s.shape, n) in nodes for n, _ in s.placements)]
+        group = fleet.pool.group
+        keys = [k for k, s in enumerate(fleet.servers) if s.models and any((group[s.shape], n) in nodes for n, _ in s.placements)]
         moves = fleet.moved_models(keys)
         if budget.max_moves is not None and moves > budget.max_moves:
             break
