@@ -158,3 +158,37 @@ def test_replanning_keeps_every_pod_within_its_budget(tmp_path):
     assert_within_slos(second.plan, models)
     check_plan(tmp_path, models, None, json.loads(json.dumps(second.plan.to_json_dict())), 0.83, 0,
                instances_path=INSTANCES_YAML)
+
+
+def _two_tier_models() -> List[dict]:
+    """Three fast models under a tight budget and three slow ones under a loose one, all on inf1:
+    no pod may hold both (the slow ones alone break 30 ms), so there are two tiers, yet their pods
+    fit one 4-chip node."""
+    fast = {"inf1": profile(300, 300, 20.0, 24.0)}
+    slow = {"inf1": profile(300, 300, 90.0, 100.0)}
+    strict = [{"id": f"strict-{i}", "rps": 20.0, "slo_p90_ms": 30.0, "profiles": fast} for i in range(3)]
+    loose = [{"id": f"loose-{i}", "rps": 2.0, "slo_p90_ms": 1000.0, "profiles": slow} for i in range(3)]
+    return strict + loose
+
+
+def test_slo_tiers_of_one_instance_type_share_its_nodes(tmp_path):
+    models = _two_tier_models()
+    opts = PackingOptions(only_instance_types=("inf1.6xlarge",), time_limit_s=8)
+    _, result = plan(models, opts)
+    caps = {s.id: s.utilisation_cap for s in result.plan.servers}
+    assert len(set(caps.values())) == 2, caps  # two tiers ...
+    assert result.plan.instances == {"inf1.6xlarge": 1}  # ... on one node
+    assert_within_slos(result.plan, models)
+    check_plan(tmp_path, models, None, result.plan.to_json_dict(), 0.83, 0, instances_path=INSTANCES_YAML)
+
+
+def test_a_replan_of_tiered_servers_on_shared_nodes_moves_nothing():
+    models = _two_tier_models()
+    opts = PackingOptions(only_instance_types=("inf1.6xlarge",), time_limit_s=8)
+    specs, first = plan(models, opts)
+    profiles, sources = resolve_profiles(specs)
+    again = replan(first.plan, "0" * 64, specs, profiles, sources, catalogue(), opts)
+    assert again.plan.previous.models_moved == 0 and again.plan.previous.servers_restarted == 0
+    assert again.plan.instances == first.plan.instances
+    places = lambda p: {s.id: [(x.instance_index, x.device_index) for x in s.placements] for s in p.servers}  # noqa: E731
+    assert places(again.plan) == places(first.plan)
