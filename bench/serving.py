@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import psutil
@@ -292,10 +293,34 @@ def pooled(results: Sequence[LoadResult]) -> Dict[str, Any]:
     return out
 
 
+# ---- cached peer artifacts ----
+def peer_key(model_digest: str, handler_source: str, settings: Mapping[str, Any], versions: Mapping[str, str]) -> str:
+    """The key of one cached peer artifact: a sha256 over everything that shapes it (the model's artifact digest, the
+    handler's source, the settings baked into it, the peer's library versions). A cache entry is used only under
+    the key it was built with, so a changed handler (or model, setting or version) rebuilds it: a stamp naming only
+    the model once kept an old handler serving after the handler changed."""
+    canonical = json.dumps({"model": model_digest, "handler_sha256": hashlib.sha256(handler_source.encode("utf-8")).hexdigest(),
+                            "settings": settings, "versions": versions}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def venv_versions(venv: Path, packages: Sequence[str]) -> Dict[str, str]:
+    """The installed versions of `packages` in another virtual environment (what its cached artifacts depend on)."""
+    code = ("import json, sys, importlib.metadata as m; "
+            "print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code, *packages], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # ---- TorchServe ----
 def ensure_torchserve() -> Path:
-    """.venv-torchserve with torchserve 0.12.0, torch-model-archiver and the same torch wheel (created once)."""
-    stamp = TS_VENV / f".installed-{TS_VERSION}"
+    """.venv-torchserve with torchserve 0.12.0, torch-model-archiver and the same torch wheel (created once per pair of
+    versions)."""
+    stamp = TS_VENV / f".installed-{TS_VERSION}-torch-{TORCH_VERSION}"
     if not stamp.exists():
         log("creating .venv-torchserve (torchserve, torch-model-archiver, torch, tokenizers) ...")
         if not (TS_VENV / "bin" / "python").exists():
@@ -355,6 +380,8 @@ class TorchServe:
         self.started = time.monotonic()
 
     def _archive(self) -> None:
+        """One model archive per configuration name, rebuilt whenever its peer_key changes (model, handler source,
+        bundle settings, tokenizer, torchserve/archiver/torch versions); self.keys records each key used."""
         folder = bundle_dir(MAIN)
         digest = entry(MAIN)["artifact"]
         extra = TS_DIR / "extra"
@@ -362,20 +389,30 @@ class TorchServe:
         from serving.text import TextEncoder
 
         enc = TextEncoder(folder, SEQ)
-        (extra / "bundle.json").write_text(json.dumps({"sequence_length": SEQ, "pad_id": enc.pad_id, "pad_token": enc.pad_token}))
+        bundle = {"sequence_length": SEQ, "pad_id": enc.pad_id, "pad_token": enc.pad_token}
+        (extra / "bundle.json").write_text(json.dumps(bundle))
         shutil.copy(folder / "tokenizer.json", extra / "tokenizer.json")
+        handler = ROOT / "bench" / "serving_ts_handler.py"
+        versions = venv_versions(TS_VENV, ("torchserve", "torch-model-archiver", "torch", "tokenizers"))
+        self.versions = versions
+        self.keys: Dict[str, str] = {}
         self.store.mkdir(parents=True, exist_ok=True)
         for name in self.names:
+            settings = {"name": name, "bundle": bundle, "tokenizer_sha256": sha256_file(folder / "tokenizer.json"),
+                        "model_sha256": sha256_file(folder / "model.pt")}
+            key = peer_key(digest, handler.read_text(encoding="utf-8"), settings, versions)
+            self.keys[name] = key
             target = self.store / name
-            stamp = target / f".from-{digest[:16]}"
-            if stamp.exists():
+            stamp = target / "peer-key"
+            if stamp.exists() and stamp.read_text().strip() == key:
                 continue
+            log(f"archiving {name} for TorchServe (key {key[:16]})")
             shutil.rmtree(target, ignore_errors=True)
             subprocess.run([str(TS_VENV / "bin" / "torch-model-archiver"), "--model-name", name, "--version", "1.0",
-                            "--serialized-file", str(folder / "model.pt"), "--handler", str(ROOT / "bench" / "serving_ts_handler.py"),
+                            "--serialized-file", str(folder / "model.pt"), "--handler", str(handler),
                             "--extra-files", f"{extra / 'tokenizer.json'},{extra / 'bundle.json'}", "--export-path", str(self.store),
                             "--archive-format", "no-archive", "--force"], check=True, cwd=TS_DIR)
-            stamp.touch()
+            stamp.write_text(key + "\n")
 
     def wait_ready(self, timeout: float = 600) -> float:
         deadline = time.monotonic() + timeout

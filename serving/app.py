@@ -95,6 +95,7 @@ class ServingMiddleware:
 
         state.inflight += 1
         state.metrics.inflight.inc()
+        arrival = state.plane.arrive(model_id)
         try:
             if state.shutting_down:
                 await drain(receive)
@@ -108,6 +109,7 @@ class ServingMiddleware:
                 return
             await self.app(scope, receive, send_status)
         finally:
+            state.plane.settle(arrival)
             state.inflight -= 1
             state.metrics.inflight.dec()
             label = model_id if model_id in state.repository else "unknown"

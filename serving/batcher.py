@@ -3,8 +3,12 @@
 Each model has a bounded queue of rows (QUEUE_SIZE; a request that does not fit gets QueueFull -> 429 with
 Retry-After). Its loop takes the first waiting request, waits for a free inference slot (slots = executor
 threads, so the executor never queues), then drains the queue up to max_batch_size rows, waiting at most
-max_delay_ms from the first request's arrival for the batch to fill. The forward runs on the executor, never on
-the event loop. Requests whose deadline passed are dropped before their batch runs; a request whose deadline
+max_delay_ms from the first request's arrival for the batch to fill. A batch that is not full also waits (at most
+ARRIVING_WAIT_S) while requests for its model are already inside the server but not yet queued (being read,
+decoded or tokenised on the event loop): under a closed loop of clients the answers of one batch bring the next
+requests back together, and without this wait the first of them to be tokenised takes a free slot alone (measured
+at 16 clients: 2 of every 5 batches ran one row, at 1.7x the CPU a row of a batch of 8). The forward runs on the
+executor, never on the event loop. Requests whose deadline passed are dropped before their batch runs; a request whose deadline
 passes while it runs gets DeadlineExceeded (504) and its rows are discarded.
 """
 from __future__ import annotations
@@ -26,6 +30,18 @@ log = logging.getLogger("serving.batcher")
 
 Forward = Callable[[np.ndarray, np.ndarray], List[np.ndarray]]
 MAX_RETRY_AFTER_S = 30
+# At most this long a batch that is not full waits for requests already inside the server: about the event loop's
+# time to read and tokenise a batch's worth of requests on a busy core, a small part of one forward.
+ARRIVING_WAIT_S = 0.004
+
+
+def keep_filling(rows: int, max_rows: int, arriving: int, since_first_s: float, collecting_s: float, delay_s: float) -> bool:
+    """Whether a batch of `rows` waits for more: it is not full, and either the configured delay (counted from its
+    first request's arrival) has not passed, or requests already inside the server (`arriving`) may join it and it
+    has been collecting (holding a free slot) for less than ARRIVING_WAIT_S."""
+    if rows >= max_rows:
+        return False
+    return since_first_s < delay_s or (arriving > 0 and collecting_s < ARRIVING_WAIT_S)
 
 
 class _Item:
@@ -48,7 +64,8 @@ class Batcher:
     """The batching queue of one model. Create and use it on the event loop."""
 
     def __init__(self, model_id: str, forward: Forward, *, max_batch_size: int, max_delay_ms: float, queue_size: int,
-                 timeout_ms: float, slots: asyncio.Semaphore, executor: Executor, workers: int, metrics: Any = None) -> None:
+                 timeout_ms: float, slots: asyncio.Semaphore, executor: Executor, workers: int, metrics: Any = None,
+                 arriving: Optional[Callable[[], int]] = None) -> None:
         self.model_id = model_id
         self.forward = forward
         self.max_batch_size = max_batch_size
@@ -57,6 +74,7 @@ class Batcher:
         self.timeout_ms = timeout_ms
         self.workers = workers
         self.metrics = metrics
+        self._arriving = arriving or (lambda: 0)  # requests for this model inside the server, not yet submitted
         self._slots = slots
         self._executor = executor
         self._pending: Deque[_Item] = deque()
@@ -114,6 +132,10 @@ class Batcher:
         if len(results) == 1:
             return results[0]
         return [np.concatenate([r[k] for r in results]) for k in range(len(results[0]))]
+
+    def poke(self) -> None:
+        """Wake the loop: a request that was arriving has left without being submitted (an error)."""
+        self._wakeup.set()
 
     def retry_after_s(self) -> int:
         batches_ahead = self._rows / self.max_batch_size + 1
@@ -184,6 +206,7 @@ class Batcher:
         batch: List[_Item] = []
         rows = 0
         first_at: Optional[float] = None
+        began = time.monotonic()
         while True:
             item = self._head()
             while item is not None and rows + item.rows <= self.max_batch_size:
@@ -194,11 +217,12 @@ class Batcher:
                 if first_at is None:
                     first_at = item.enqueued
                 item = self._head()
-            if rows >= self.max_batch_size or item is not None or first_at is None:
+            if item is not None or first_at is None:
                 return batch
-            left = first_at + self.max_delay_s - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if not keep_filling(rows, self.max_batch_size, self._arriving(), now - first_at, now - began, self.max_delay_s):
                 return batch
+            left = max(first_at + self.max_delay_s, began + ARRIVING_WAIT_S) - now
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), left)

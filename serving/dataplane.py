@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -34,6 +35,20 @@ TOKEN_INPUTS = ("input_ids", "attention_mask")
 TEXT_INPUTS = ("text", "text_pair", "context")
 
 
+class Arrival:
+    """One inference request between its arrival (the middleware) and its batcher's queue."""
+
+    __slots__ = ("model_id", "open")
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.open = True
+
+
+# The request's Arrival, set by the middleware in the request's task, closed when its rows reach the queue.
+ARRIVAL: ContextVar[Optional[Arrival]] = ContextVar("modelfleet_arrival", default=None)
+
+
 @dataclass
 class InferInput:
     """One decoded v2 input tensor."""
@@ -51,6 +66,8 @@ class DataPlane:
         self.metrics = metrics
         self.shutting_down = False
         self._batchers: Dict[str, Batcher] = {}
+        # per model: requests inside the server whose rows are not queued yet (the batcher waits briefly for them)
+        self._arriving: Dict[str, int] = {}
         self._slots: Optional[asyncio.Semaphore] = None
         self._executor: Optional[ThreadPoolExecutor] = None
 
@@ -66,6 +83,35 @@ class DataPlane:
             await batcher.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+    # ---- arrivals (on the event loop) ----
+    def arrive(self, model_id: str) -> Arrival:
+        """Count an inference request for model_id from its arrival until its rows are queued (or it leaves)."""
+        arrival = Arrival(model_id)
+        self._arriving[model_id] = self._arriving.get(model_id, 0) + 1
+        ARRIVAL.set(arrival)
+        return arrival
+
+    def settle(self, arrival: Optional[Arrival]) -> None:
+        """The request's rows are queued, or it is leaving without reaching the queue (then its batcher, which may
+        be waiting for it, is woken)."""
+        if arrival is None or not arrival.open:
+            return
+        self._close(arrival)
+        batcher = self._batchers.get(arrival.model_id)
+        if batcher is not None:
+            batcher.poke()
+
+    def _close(self, arrival: Arrival) -> None:
+        arrival.open = False
+        left = self._arriving[arrival.model_id] - 1
+        if left:
+            self._arriving[arrival.model_id] = left
+        else:  # no key stays behind for ids that were never served (any path can name one)
+            del self._arriving[arrival.model_id]
+
+    def arriving(self, model_id: str) -> int:
+        return self._arriving.get(model_id, 0)
 
     # ---- the server ----
     def server_metadata(self) -> Dict[str, Any]:
@@ -154,7 +200,7 @@ class DataPlane:
         if artifact.task == QUESTION_ANSWERING and pairs is None:
             raise InvalidInput(fields[1], f"model {record.model_id} answers questions: give the context to search for the answer")
         ids, mask, encodings = await self._encode(artifact, texts, pairs)
-        outputs = await self._batcher(record).submit(ids, mask, deadline)
+        outputs = await self._submit(record, ids, mask, deadline)
         return {"model": record.model_id, **artifact.postprocess(outputs, encodings, pairs)}
 
     # ---- inference: KServe v2 ----
@@ -188,7 +234,7 @@ class DataPlane:
                 raise InvalidInput("inputs", f"model {record.model_id} answers questions: add a text_pair input with the context")
             self._check_rows(len(texts), f"{field['text']}.shape")
             ids, mask, _ = await self._encode(artifact, texts, pairs)
-            outputs = await self._batcher(record).submit(ids, mask, deadline)
+            outputs = await self._submit(record, ids, mask, deadline)
             return dict(zip(artifact.output_names, outputs))
         raise InvalidInput("inputs", "give input_ids (and attention_mask) as INT64 [batch, sequence], or text as BYTES [batch]")
 
@@ -198,7 +244,7 @@ class DataPlane:
         artifact = self._artifact(record)
         mask, seq = self._check_tensors(artifact, input_ids, attention_mask)
         ids, mask = artifact.pad_to_traced_length(input_ids, mask)
-        outputs = await self._batcher(record).submit(ids, mask, deadline)
+        outputs = await self._submit(record, ids, mask, deadline)
         return artifact.tensors(outputs, seq)
 
     # ---- the input rules ----
@@ -242,6 +288,13 @@ class DataPlane:
             return artifact.encoder.encode(texts, pairs)
         return await asyncio.get_running_loop().run_in_executor(None, artifact.encoder.encode, texts, pairs)
 
+    async def _submit(self, record: ModelRecord, ids: np.ndarray, mask: np.ndarray, deadline: float) -> List[np.ndarray]:
+        batcher = self._batcher(record)
+        arrival = ARRIVAL.get()
+        if arrival is not None and arrival.open:  # queued now: no longer one its batcher waits for
+            self._close(arrival)
+        return await batcher.submit(ids, mask, deadline)
+
     def _batcher(self, record: ModelRecord) -> Batcher:
         batcher = self._batchers.get(record.model_id)
         if batcher is None:
@@ -251,7 +304,8 @@ class DataPlane:
             batcher = Batcher(record.model_id, artifact.forward, max_batch_size=max_batch,
                               max_delay_ms=self.settings.max_delay_ms, queue_size=self.settings.queue_size,
                               timeout_ms=self.settings.request_timeout_ms, slots=self._slots, executor=self._executor,
-                              workers=self.settings.workers, metrics=self.metrics)
+                              workers=self.settings.workers, metrics=self.metrics,
+                              arriving=lambda model_id=record.model_id: self.arriving(model_id))
             self._batchers[record.model_id] = batcher
         return batcher
 
