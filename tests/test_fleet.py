@@ -13,7 +13,7 @@ from packing.assemble import BuiltServer, place_on_nodes
 from packing.baselines import BaselineResult, BaselineServer
 from packing.repair import Solved, tighten_plan
 from packing.resources import PackingOptions
-from tests.test_baselines import PLATFORM, catalogue, demand_of, instance, model, violations
+from tests.baseline_fixtures import PLATFORM, catalogue, demand_of, instance, model, violations
 
 OPTS = PackingOptions(max_utilization=0.8, max_device_memory_gib=4.0)
 

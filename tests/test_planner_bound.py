@@ -16,7 +16,7 @@ from packing.formulation import fluid_relaxation
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions, node_shapes
 from tests.bruteforce import BruteForce
-from tests.test_planner_optimality import tiny_cases
+from tests.tiny_cases import tiny_cases
 
 # Wide enough that most classes hold models of quite different sizes, so `hi` and `lo` differ
 # and a bound priced with the wrong side would show.
