@@ -4,9 +4,10 @@ fixed packing (19 models per chip on inf1.6xlarge).
 
 Scenarios: (a) the seed scenario (3,040 bert-base-cased on inf1, --max-device-memory-gib 7.4)
 restricted to inf1.6xlarge, (b) the same over the full catalogue, (c) a mixed catalogue of 3,040
-models over config/profiles.yaml (all processors, Zipf traffic, seed 7) and (d) a mixed
+models over config/profiles.yaml (all processors, Zipf traffic, seed 7), the same with a 100 ms
+p90 budget on every model (c-100) and with 50/100/250 ms budgets drawn evenly (c-tiered), and (d) a mixed
 catalogue of 100,000 models (seed 11), written to a .json file first; its planner time includes
-loading that file and resolving profiles. `--quick` runs (a)-(c). Each plan is also checked by
+loading that file and resolving profiles. `--quick` runs all but (d). Each plan is also checked by
 the independent ../shared/tools/check_plan.py. Results go to --out (JSON) and beside it as
 Markdown (.md); the table is printed too.
 """
@@ -69,6 +70,13 @@ def scenarios(time_limit: float, time_limit_large: float, large_models: int, qui
         Scenario("b", "seed, full catalogue", 3040, seed_opts, seed_scenario, False, False),
         Scenario("c", "mixed 3,040 (zipf, seed 7)", 3040, PackingOptions(time_limit_s=time_limit),
                  lambda: mixed_catalogue(3040, seed=7, traffic="zipf"), True, False),
+        # The same catalogue with latency budgets: one for all, and a tiered mix, so the price of a
+        # budget is (c-100) or (c-tiered) against (c).
+        Scenario("c-100", "mixed 3,040, every p90 budget 100 ms", 3040, PackingOptions(time_limit_s=time_limit),
+                 lambda: mixed_catalogue(3040, seed=7, traffic="zipf", slo_fraction=1.0, slo_budgets=[100.0]), True, False),
+        Scenario("c-tiered", "mixed 3,040, p90 budgets 50/100/250 ms", 3040, PackingOptions(time_limit_s=time_limit),
+                 lambda: mixed_catalogue(3040, seed=7, traffic="zipf", slo_fraction=1.0, slo_budgets=[50.0, 100.0, 250.0]),
+                 True, False),
     ]
     if not quick:
         out.append(Scenario("d", f"mixed {large_models:,} (zipf, seed 11)", large_models,
@@ -199,8 +207,8 @@ def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: Referenc
     start = time.perf_counter()
     models = contracts.parse(ModelCatalogue, data, f"scenario {sc.key}").models
     profiles, _ = resolve_profiles(models, reference if sc.use_reference else None)
-    shapes = node_shapes(catalogue, sc.opts)
-    demand = build_demand(models, profiles, shapes, sc.opts)
+    demand = build_demand(models, profiles, node_shapes(catalogue, sc.opts), sc.opts)
+    shapes = demand.shapes  # one per instance type and SLO tier
     inputs_seconds = time.perf_counter() - start
     platform_cost = float(sum(catalogue.platform.values()))
     ffd = first_fit_decreasing_by_price(demand, shapes, sc.opts, platform_cost)
@@ -230,7 +238,8 @@ def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: Referenc
 
     return {
         "key": sc.key, "title": sc.title, "models": len(models),
-        "instance_types": [s.name for s in shapes],
+        "instance_types": sorted({s.name for s in shapes}),
+        "slo_tiers": len(shapes),
         "options": {"max_utilization": sc.opts.max_utilization, "max_device_memory_gib": sc.opts.max_device_memory_gib,
                     "memory_headroom": sc.opts.memory_headroom, "min_replicas": sc.opts.min_replicas,
                     "only_instance_types": list(sc.opts.only_instance_types) if sc.opts.only_instance_types else None,
@@ -287,6 +296,18 @@ def markdown(report: Dict[str, Any]) -> str:
     ]
     for r in report["scenarios"]:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row(r)) + " |")
+    by_key = {r["key"]: r for r in report["scenarios"]}
+    free = by_key.get("c", {}).get("planner", {})
+    if "cost_per_hour" in free:
+        lines.append("")
+        lines.append("The price of a budget, against (c), the same catalogue without one:")
+        lines.append("")
+        for key in ("c-100", "c-tiered"):
+            p = by_key.get(key, {}).get("planner", {})
+            if "cost_per_hour" in p:
+                lines.append(f"- ({key}) {p['cost_per_hour'] / free['cost_per_hour'] - 1:+.1%} in cost, "
+                             f"{p['lower_bound_per_hour'] / free['lower_bound_per_hour'] - 1:+.1%} in bound "
+                             f"({by_key[key]['slo_tiers']} shapes after splitting instance types into SLO tiers)")
     lines.append("")
     lines.append("Instances:")
     lines.append("")
