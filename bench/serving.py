@@ -54,6 +54,10 @@ TS_VENV = ROOT / ".venv-torchserve"
 TS_DIR = CACHE / "torchserve"
 TS_VERSION = "0.12.0"
 TORCH_VERSION = "2.13.0"
+KSERVE_VENV = ROOT / ".venv-kserve"
+KSERVE_VERSION = "0.21.0"
+KSERVE_WORKERS = 2  # one worker process per core: its ModelServer has no batching, so processes are its parallelism
+KSERVE_MODEL = ROOT / "bench" / "serving_kserve_model.py"
 SEQ = 128
 MAIN = "minilm"
 RANDOM_IDS = [f"rand-{s:02d}" for s in range(1, 51)]
@@ -63,6 +67,7 @@ FAST_TRACE = ["--reps", "3", "--warmup", "1", "--batches", "1", "--quiet"]
 # TorchServe configurations tried at once (one model name each): workers, batch size, max batch delay (ms).
 TS_CONFIGS = [(2, 1, 0), (2, 2, 1), (2, 4, 2), (2, 8, 5), (1, 8, 5)]
 TS_CONFIGS_QUICK = [(2, 1, 0), (2, 8, 5)]
+SWEEP = (4, 32)  # client counts measured once each beside the 1- and 16-client rounds
 # This server's configurations: name -> environment.
 SERVERS = {
     "batch8": {"MAX_BATCH_SIZE": "8", "MAX_DELAY_MS": "0"},
@@ -451,6 +456,87 @@ class TorchServe:
                 self.proc.wait()
 
 
+# ---- KServe ----
+def ensure_kserve() -> Path:
+    """.venv-kserve with kserve, the same torch wheel and tokenizers (created once per pair of versions)."""
+    stamp = KSERVE_VENV / f".installed-{KSERVE_VERSION}-torch-{TORCH_VERSION}"
+    if not stamp.exists():
+        log("creating .venv-kserve (kserve, torch, tokenizers) ...")
+        if not (KSERVE_VENV / "bin" / "python").exists():
+            subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(KSERVE_VENV)], check=True)
+        subprocess.run([str(KSERVE_VENV / "bin" / "pip"), "install", "--quiet", f"torch=={TORCH_VERSION}", f"kserve=={KSERVE_VERSION}",
+                        "tokenizers", "numpy"], check=True)
+        stamp.touch()
+    return KSERVE_VENV
+
+
+def kserve_request(text: str = TEXT) -> bytes:
+    return build_request("POST", f"/v1/models/{MAIN}:predict", json.dumps({"instances": [text]}).encode(),
+                         {"Content-Type": "application/json"})
+
+
+class KServe:
+    """KServe's ModelServer (its v1 protocol) serving the same bundle through bench/serving_kserve_model.py. Nothing
+    is cached for it but its virtual environment; its key is recorded all the same, so a run names what it ran."""
+
+    name = f"kserve-w{KSERVE_WORKERS}"
+
+    def __init__(self) -> None:
+        folder = bundle_dir(MAIN)
+        from serving.text import TextEncoder
+
+        pad = TextEncoder(folder, SEQ).pad_token
+        self.port = free_port()
+        self.versions = venv_versions(KSERVE_VENV, ("kserve", "torch", "tokenizers"))
+        settings = {"workers": KSERVE_WORKERS, "sequence_length": SEQ, "pad_token": pad,
+                    "model_sha256": sha256_file(folder / "model.pt"), "tokenizer_sha256": sha256_file(folder / "tokenizer.json")}
+        self.key = peer_key(entry(MAIN)["artifact"], KSERVE_MODEL.read_text(encoding="utf-8"), settings, self.versions)
+        workdir = CACHE / "kserve"
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "PATH": f"{KSERVE_VENV / 'bin'}:{os.environ.get('PATH', '')}"}
+        env.pop("VIRTUAL_ENV", None)
+        self.command = [str(KSERVE_VENV / "bin" / "python"), str(KSERVE_MODEL), "--model_name", MAIN, "--model_dir", str(folder),
+                        "--sequence_length", str(SEQ), "--pad_token", pad, "--http_port", str(self.port),
+                        "--workers", str(KSERVE_WORKERS), "--enable_grpc", "false", "--configure_logging", "false"]
+        self.log_path = workdir / "kserve.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(self.command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.started = time.monotonic()
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Until every worker answers: each spawned worker loads its own copy, so ask until answers keep coming."""
+        deadline = time.monotonic() + timeout
+        answered = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"KServe exited with {self.proc.returncode}: see {self.log_path}")
+            try:
+                r = run_load(HOST, self.port, kserve_request(), KSERVE_WORKERS, 30, max_requests=4 * KSERVE_WORKERS,
+                             check=b"predictions")
+                answered = r.count
+                if answered >= 4 * KSERVE_WORKERS and not r.errors:
+                    return round(time.monotonic() - self.started, 1)
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"KServe not answering after {timeout} s ({answered} answers): see {self.log_path}")
+
+    def pids(self) -> List[int]:
+        return all_pids([self.proc.pid])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
 def rss_mib(pids: Sequence[int]) -> float:
     total = 0
     for pid in pids:
@@ -467,6 +553,88 @@ def idle_cpu_m(pids: Sequence[int], seconds: float) -> float:
     c0, t0 = cpu(), time.monotonic()
     time.sleep(seconds)
     return round((cpu() - c0) / (time.monotonic() - t0) * 1000, 1)
+
+
+# ---- profile ----
+# Where a frame's time goes, by the file or function it runs in; a sample goes to the first match from its innermost
+# frame outwards (so json.dumps called by the reply counts as the reply, not as routing).
+PROFILE_RULES = [
+    ("forward (inference thread, Python side)", ("torch/", "serving/model.py")),
+    ("tokenise", ("serving/text.py",)),
+    ("decode the body", ("parse_prediction", "serving/body.py", "serving/v2.py")),
+    ("encode the reply (JSON)", ("json/", "JSONResponse", "postprocess")),
+    ("hand-off to and from the inference threads", ("concurrent/futures", "run_in_executor", "call_soon_threadsafe",
+                                                     "_write_to_self", "_read_from_self", "_chain_future", "threading.py")),
+    ("batcher", ("serving/batcher.py",)),
+    ("metrics", ("serving/metrics.py", "prometheus_client")),
+    ("HTTP (uvicorn, h11)", ("uvicorn/", "h11/")),
+    ("routing and middleware (starlette, fastapi, serving/app.py)", ("starlette/", "fastapi/", "serving/app.py", "serving/v1.py",
+                                                                     "serving/dataplane.py", "pydantic")),
+    ("event loop (asyncio)", ("asyncio/", "selectors.py")),
+]
+
+
+def attribute_samples(lines: Sequence[str]) -> Dict[str, int]:
+    """Samples by category (PROFILE_RULES) from py-spy's raw (collapsed) output: one line per stack, frames from
+    the outermost to the innermost joined by ';', then the sample count; with --threads the first frame names the
+    thread."""
+    out: Dict[str, int] = {}
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames and frames[0].startswith("thread ("):
+            frames = frames[1:]
+        name = "other"
+        for frame in reversed(frames):
+            found = next((category for category, keys in PROFILE_RULES if any(k in frame for k in keys)), None)
+            if found:
+                name = found
+                break
+        out[name] = out.get(name, 0) + int(count)
+    return out
+
+
+def thread_cpu(pid: int) -> Dict[int, float]:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+    return {}
+
+
+def phase_profile(server: Server, duration: float, rate: int = 200) -> Dict[str, Any]:
+    """The running server under the load client at 1 and 16 clients: each thread's CPU per request (the event loop
+    thread is the process's main thread; the rest are the inference threads), and py-spy's samples of the thread
+    holding the GIL, by category, as ms of GIL-held time per request."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        return {"skipped": f"py-spy is not installed in {Path(sys.executable).parent.parent}: pip install py-spy"}
+    pid = server.proc.pid
+    out: Dict[str, Any] = {"rate_hz": rate, "duration_s": duration, "server": server.name}
+    for clients in (1, 16):
+        raw_path = CACHE / f"profile-c{clients}.txt"
+        before = thread_cpu(pid)
+        spy = subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--rate", str(rate), "--gil", "--threads", "--nonblocking",
+                                "--format", "raw", "-o", str(raw_path), "-d", str(int(duration + 1))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        r = run_load(HOST, server.port, v1_request(), clients, duration, check=b"embeddings")
+        after = thread_cpu(pid)
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0 or not raw_path.exists():
+            out[f"c{clients}"] = {"error": f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-300:]}"}
+            continue
+        samples = attribute_samples(raw_path.read_text().splitlines())
+        answered = max(1, r.answered)
+        per_thread = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+        main_cpu = per_thread.pop(pid, 0.0)
+        out[f"c{clients}"] = {
+            "requests": r.answered, "throughput_rps": round(r.throughput, 2), "p50_ms": round(r.pct(50), 3),
+            "event_loop_thread_cpu_ms_per_request": round(main_cpu / answered * 1000, 3),
+            "inference_threads_cpu_ms_per_request": round(sum(per_thread.values()) / answered * 1000, 3),
+            "gil_ms_per_request": {k: round(v / rate / answered * 1000, 3) for k, v in sorted(samples.items(), key=lambda kv: -kv[1])},
+            "gil_samples": sum(samples.values()), "raw_file": str(raw_path.relative_to(ROOT))}
+    return out
 
 
 # ---- phases ----
@@ -558,6 +726,11 @@ def phase_unpadded(raw: Raw, n: int) -> Dict[str, Any]:
     out["forward_padded_batch8"] = {**ms_stats(lat), "cpu_ms_per_call": round((time.thread_time() - c0) / n8 * 1000, 3)}
     out["batch8_cpu_per_row_vs_batch1"] = round(out["forward_padded_batch8"]["cpu_ms_per_call"] / 8
                                                 / out["forward_padded"]["cpu_ms_per_call"], 3)
+    # the limit at 16 clients: a batch of 8 as the server runs it (cut to the served length), CPU per row
+    c0 = time.thread_time()
+    lat = raw.time(lambda: raw.as_served(ids8, mask8), n8 * 2)
+    out["forward_served_batch8"] = {**ms_stats(lat), "cpu_ms_per_call": round((time.thread_time() - c0) / (n8 * 2) * 1000, 3)}
+    out["served_batch8_cpu_ms_per_row"] = round(out["forward_served_batch8"]["cpu_ms_per_call"] / 8, 3)
     a = raw.forward().numpy().ravel()
     b = raw.forward(ids, mask).numpy().ravel()
     out["cosine"] = round(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), 6)
@@ -637,19 +810,36 @@ def markdown(res: Dict[str, Any]) -> str:
     row("batching in server CPU per request (batch1 / batched)",
         f"{b1['server_cpu_ms_per_request']:.1f} / {bb['server_cpu_ms_per_request']:.1f} ms = **{b['cpu_ratio']:.2f}×**", "(≥ 2×)",
         b["cpu_ratio"] >= 2)
+    up = res.get("unpadded") or {}
     if p:
         c16, c1 = p["c16"], p["c1"]
         ours, ts = c16[p["ours"]], c16[p["best_ts"]]
-        row(f"peer: throughput at 16 clients, this server ({p['ours']}) / TorchServe ({p['best_ts']})",
+        ks = c16.get(p.get("kserve") or "")
+        o1, k1 = c1[p["ours"]], c1.get(p.get("kserve") or "")
+        raw50 = lat["raw_forward"]["p50_ms"]
+        ratio1 = o1["p50_ms"] / raw50
+        row(f"1 client: this server's P50 ({p['ours']}, peer rounds) / raw forward P50",
+            f"{o1['p50_ms']:.2f} / {raw50:.2f} ms = **{ratio1:.2f}×** (overhead rounds: {o['ratio_v1_p50']:.2f}×)",
+            "≤ 1.05×", ratio1 <= 1.05)
+        if k1:
+            row("1 client: this server's P50 / KServe's", f"{o1['p50_ms']:.2f} / {k1['p50_ms']:.2f} ms = "
+                f"**{o1['p50_ms'] / k1['p50_ms']:.2f}×**; server CPU a request {o1['server_cpu_ms_per_request']:.2f} / "
+                f"{k1['server_cpu_ms_per_request']:.2f} ms", "< 1×", o1["p50_ms"] < k1["p50_ms"])
+        row(f"16 clients: throughput, this server ({p['ours']}) / TorchServe ({p['best_ts']})",
             f"{ours['throughput_rps']:.1f} rps (P90 {ours['p90_ms']:.0f} ms) / {ts['throughput_rps']:.1f} rps (P90 {ts['p90_ms']:.0f} ms) "
-            f"= **{p['ratio_c16']:.2f}×**", "≥ 1.5× at ≤ P90", p["ratio_c16"] >= 1.5 and ours["p90_ms"] <= ts["p90_ms"])
-        row("peer in server CPU per request at 16 clients (TorchServe / this server)",
-            f"{ts['server_cpu_ms_per_request']:.1f} / {ours['server_cpu_ms_per_request']:.1f} ms = **{p['cpu_ratio_c16']:.2f}×**",
-            "(≥ 1.5×)", p["cpu_ratio_c16"] >= 1.5)
-        o1, t1 = c1[p["ours"]], c1[p["best_ts"]]
-        row("peer: 1 client, this server / TorchServe",
-            f"{o1['throughput_rps']:.1f} rps (P50 {o1['p50_ms']:.1f}, P90 {o1['p90_ms']:.1f} ms) / "
-            f"{t1['throughput_rps']:.1f} rps (P50 {t1['p50_ms']:.1f}, P90 {t1['p90_ms']:.1f} ms)", "-", None)
+            f"= **{p['ratio_c16']:.2f}×**", "≥ 1.2× at ≤ P90", p["ratio_c16"] >= 1.2 and ours["p90_ms"] <= ts["p90_ms"])
+        if ks:
+            row(f"16 clients: throughput, this server / KServe ({p['kserve']})",
+                f"{ours['throughput_rps']:.1f} / {ks['throughput_rps']:.1f} rps (P90 {ks['p90_ms']:.0f} ms) = "
+                f"**{ours['throughput_rps'] / ks['throughput_rps']:.2f}×**", "-", None)
+        if up.get("served_batch8_cpu_ms_per_row"):
+            limit = up["served_batch8_cpu_ms_per_row"]
+            cpu_ratio = ours["server_cpu_ms_per_request"] / limit
+            row("16 clients: server CPU a request / raw batch-8 forward's CPU a row (served length)",
+                f"{ours['server_cpu_ms_per_request']:.2f} / {limit:.2f} ms = **{cpu_ratio:.2f}×**", "≤ 1.15×", cpu_ratio <= 1.15)
+        row("16 clients: server CPU a request, TorchServe / KServe / this server",
+            f"{ts['server_cpu_ms_per_request']:.2f} / {ks['server_cpu_ms_per_request'] if ks else float('nan'):.2f} / "
+            f"{ours['server_cpu_ms_per_request']:.2f} ms", "-", None)
     rows = {r["models"]: r for r in d["rows"]}
     for n in (1, 10, 50):
         if n in rows:
@@ -708,6 +898,22 @@ def markdown(res: Dict[str, Any]) -> str:
         for name, v in p["c1"].items():
             lines.append(f"| {name} | {v['requests']} | {v['throughput_rps']:.1f} | {v['p50_ms']:.1f} | {v['p90_ms']:.1f} "
                          f"| {v['server_cpu_ms_per_request']:.2f} |")
+        if p.get("sweep"):
+            lines += ["", "Sweep (one round each, same targets; rps / P90 ms / server CPU ms a request):", "",
+                      "| clients | " + " | ".join(p["c16"]) + " |", "|---|" + "---|" * len(p["c16"])]
+            for clients, by in p["sweep"].items():
+                lines.append(f"| {clients} | " + " | ".join(f"{v['throughput_rps']:.1f} / {v['p90_ms']:.0f} / "
+                                                          f"{v['server_cpu_ms_per_request']:.2f}" for v in by.values()) + " |")
+        if p.get("kserve"):
+            lines += ["", f"KServe {p['versions'].get('kserve venv', {}).get('kserve', '?')}: `{p['kserve']}`, a minimal kserve.Model "
+                      "(bench/serving_kserve_model.py) on the same model.pt and tokenizer.json with the same cut, its v1 protocol, "
+                      f"{KSERVE_WORKERS} worker processes with one intra-op thread each; its Python ModelServer has no request "
+                      "batching (KServe batches in its agent sidecar), so every request runs alone. "
+                      f"RSS {p['kserve_rss_mib']:.0f} MiB in all. Command: `{p['kserve_command']}`."]
+        lines += ["", "Cache keys (sha256 over the model's artifact digest, the handler's source, the settings baked in and the "
+                  "peer's library versions; an archive is rebuilt whenever its key changes):", ""]
+        lines += [f"- {name}: `{key}`" for name, key in p.get("cache_keys", {}).items()]
+        lines += [f"- versions, {venv}: " + ", ".join(f"{k} {v}" for k, v in vs.items()) for venv, vs in p.get("versions", {}).items()]
         lines += ["", f"TorchServe {TS_VERSION}: configurations tried (workers, batch size, max batch delay ms): "
                   f"{', '.join(p['configs'])}; one intra-op thread per worker (OMP_NUM_THREADS=1 and torch.set_num_threads(1) "
                   f"in bench/serving_ts_handler.py); the best by throughput at 16 clients: {p['best_ts']}. Its config.properties:", "",
@@ -715,6 +921,21 @@ def markdown(res: Dict[str, Any]) -> str:
                   f"Memory: TorchServe with these {len(p['configs'])} configurations ran {p['torchserve_processes']} processes "
                   f"(frontend, JVM, one Python process per worker, each with its own copy of the model): {p['torchserve_rss_mib']:.0f} MiB "
                   f"RSS in all; this server, one process per configuration: {ours_rss}."]
+    prof = res.get("profile") or {}
+    if prof.get("c1") or prof.get("c16"):
+        lines += ["", f"Profile of this server ({prof['server']}) under the load client, py-spy {prof['rate_hz']} Hz, "
+                  f"{prof['duration_s']:.0f} s at each client count. Thread CPU per request is from the kernel's per-thread "
+                  "counters; the GIL-held time by category is py-spy --gil (only the thread holding the GIL is sampled, so time "
+                  "in torch's kernels, which release it, is absent):", ""]
+        for key in ("c1", "c16"):
+            v = prof.get(key)
+            if not v or "error" in v:
+                lines.append(f"- {key}: {v.get('error') if v else 'not run'}")
+                continue
+            parts = ", ".join(f"{k} {ms:.3f}" for k, ms in v["gil_ms_per_request"].items())
+            lines.append(f"- {key[1:]} client(s), {v['requests']} requests, {v['throughput_rps']:.1f} rps: event-loop thread "
+                         f"{v['event_loop_thread_cpu_ms_per_request']:.2f} ms CPU a request, inference threads "
+                         f"{v['inference_threads_cpu_ms_per_request']:.2f} ms; GIL held, ms a request: {parts}")
     lines += ["", "Density (one server process; models are random-seed MiniLM-L6 shapes, one artifact each):", "",
               "| models | RSS MiB | Σ profiled host_memory_mib | RSS − Σ profiled | idle CPU m | start-up s |", "|---|---|---|---|---|---|"]
     for r in d["rows"]:
@@ -744,7 +965,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
     parser.add_argument("--quick", action="store_true", help="short runs, two TorchServe configurations, 0/1/10 models")
-    parser.add_argument("--no-peer", action="store_true", help="skip TorchServe")
+    parser.add_argument("--no-peer", action="store_true", help="skip TorchServe and KServe")
     parser.add_argument("--density", default=None, help="model counts for the density runs (default 0,1,10,50; quick 0,1,10)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -764,9 +985,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ensure_store([MAIN, *RANDOM_IDS[:max(density_counts)]])
     ts: Optional[TorchServe] = None
     ts_configs = TS_CONFIGS_QUICK if quick else TS_CONFIGS
+    ks: Optional[KServe] = None
     if not args.no_peer:
         ensure_torchserve()
+        ensure_kserve()
         ts = TorchServe(ts_configs)
+        ks = KServe()
     servers = {name: Server(name, [MAIN], env) for name, env in SERVERS.items()}
     res: Dict[str, Any] = {"meta": meta}
     try:
@@ -778,6 +1002,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ts is not None:
             log(f"TorchServe ready in {ts.wait_ready()} s")
             res["torchserve_idle_cpu_m"] = idle_cpu_m(ts.pids(), 2.0)
+        if ks is not None:
+            log(f"KServe ready in {ks.wait_ready()} s")
         log("client floor ...")
         res["client_floor"] = phase_client_floor(2.0 if quick else 3.0)
         raw = Raw()
@@ -802,9 +1028,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             best = max(search, key=lambda k: (search[k]["throughput_rps"] if not search[k]["errors"] else 0))
             log(f"peer: best TorchServe configuration {best} ({search[best]['throughput_rps']} rps)")
             peer_targets = {batched: targets[batched], best: ts_targets[best]}
+            if ks is not None:
+                peer_targets[ks.name] = (ks.port, kserve_request(), b"predictions", [ks.proc.pid])
+            log(f"peer: {', '.join(peer_targets)} at 16 and 1 clients, then a sweep over {SWEEP} clients ...")
             c16 = phase_load(peer_targets, 16, rounds, duration)
             c1 = phase_load(peer_targets, 1, rounds, duration / 2)
-            res["peer"] = {"search": search, "best_ts": best, "ours": batched, "c16": c16, "c1": c1,
+            sweep = {str(c): phase_load(peer_targets, c, 1, duration / 2) for c in SWEEP}
+            res["peer"] = {"search": search, "best_ts": best, "ours": batched, "c16": c16, "c1": c1, "sweep": sweep,
+                           "kserve": ks.name if ks is not None else None,
+                           "kserve_command": " ".join(ks.command[1:]) if ks is not None else None,
+                           "kserve_rss_mib": rss_mib(ks.pids()) if ks is not None else None,
+                           "cache_keys": {**{f"torchserve {k}": v for k, v in ts.keys.items()},
+                                          **({f"kserve {ks.name}": ks.key} if ks is not None else {})},
+                           "versions": {"torchserve venv": ts.versions, **({"kserve venv": ks.versions} if ks is not None else {})},
                            "ratio_c16": round(c16[batched]["throughput_rps"] / c16[best]["throughput_rps"], 3),
                            "cpu_ratio_c16": round(c16[best]["server_cpu_ms_per_request"] / c16[batched]["server_cpu_ms_per_request"], 3),
                            "configs": [f"{ts_name(*c)}" for c in ts_configs], "config_properties": ts.properties,
@@ -812,11 +1048,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                            "torchserve_idle_cpu_m": res.get("torchserve_idle_cpu_m")}
             log(f"peer: {res['peer']['ratio_c16']}× at 16 clients")
         res["server_rss_mib"] = {name: rss_mib([s.proc.pid]) for name, s in servers.items()}
+        log("profile (py-spy) ...")
+        res["profile"] = phase_profile(servers[batched], 4.0 if quick else 10.0)
     finally:
         for s in servers.values():
             s.stop()
         if ts is not None:
             ts.stop()
+        if ks is not None:
+            ks.stop()
     log("density ...")
     res["density"] = phase_density(density_counts, 3.0 if quick else 8.0)
     res["server_base"] = server_base(res["density"], max(res.get("server_rss_mib", {}).values(), default=None))
