@@ -9,9 +9,11 @@ The master (a PuLP model in `packing.formulation`; here kept in HiGHS for fast r
                 x, N >= 0
 
 where a column j is a *server pattern* on shape t: a_ij models of class i in each of its r_j
-pods, host_j the host memory of one pod. Pricing a shape is a two-constraint knapsack (pod memory
-and utilisation) with values pi_i - r rho_t h_i; it is solved exactly by HiGHS, so when no column
-prices out the LP is optimal.
+pods, host_j the host memory of one pod. Pricing a shape is a knapsack with three constraints (pod
+memory, utilisation, host memory for models) and values pi_i - r rho_t h_i. Most rounds price it
+by a rounded LP; when that finds no column, HiGHS solves it as a MIP (packing/knapsack.py: to a
+1e-3 relative gap within 2 s), so "no column prices out" means optimal to that gap, not exactly.
+The bound below never relies on it: it uses the knapsack's proven dual bound.
 
 Bound. For any duals pi >= 0 and rho >= 0, one node of shape t can earn at most
     V_t = slots_t x max(0, max_j (pi.a_j - r_j rho_t host_j) / r_j) + host_t x rho_t
@@ -41,7 +43,9 @@ COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers o
 BIG_POD_SPLITS = (2, 3)
 BOUND_EVERY = 15  # rounds between lower-bound evaluations
 ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
-DIVE_FRACTION = 0.0  # and each pass fixes at least this share of the LP support (at least one column)
+# Each rounding pass fixes at least this share of the LP support, the largest columns first; 0
+# fixes just one (the largest) when no column rounds up by itself, which rounded best here.
+DIVE_FRACTION = 0.0
 
 
 @dataclass(frozen=True)
@@ -365,8 +369,8 @@ class ColumnGeneration:
             support = np.flatnonzero(x > 1e-9)
             if support.size == 0:
                 break
-            # Dive: fix at least a few percent of the support per pass, the largest first, so
-            # the number of passes stays small however fractional the LP is.
+            # Dive: when no column rounds up by itself, fix the largest (DIVE_FRACTION of the
+            # support at least, and never none), so every pass makes progress.
             want = max(1, int(DIVE_FRACTION * support.size))
             if int((whole > 0).sum()) < want:
                 for j in support[np.argsort(-x[support], kind="stable")][:want]:

@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
+from packing import budget as shares
 from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
 from packing.baselines import first_fit_decreasing_by_price
+from packing.budget import TimeBudget
 from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
 from packing.demand import Demand, build_demand
@@ -29,15 +31,6 @@ LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo k
 EXACT_PATTERNS_UP_TO = 5_000
 EXACT_NODES_PER_TYPE = 12
 SMALL_INTEGER_MASTER_UP_TO = 300
-# Shares of the solve budget at which column generation, iterated rounding and the choice of
-# instance sizes must end (the rest: assembly, the re-plan of part-empty nodes, first-fit).
-COLUMN_GENERATION_SHARE = 0.7
-ROUNDING_SHARE = 0.88
-REHOME_SHARE = 0.92
-# Of the whole time limit: the solver, then the re-plan of part-empty nodes; emptying part-filled
-# servers into the others' room has the rest.
-SOLVE_SHARE = 0.9
-IMPROVE_SHARE = 0.95
 
 
 @dataclass
@@ -92,8 +85,7 @@ def rehome(cg: ColumnGeneration, chosen: Dict[int, int], shapes: Sequence[NodeSh
 def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
           say: Callable[[str], None]) -> Solved:
     """Servers and their placements for the models of `dem`, with a proven bound."""
-    start = time.perf_counter()
-    budget = max(deadline - start, 1.0)
+    budget = TimeBudget.until(deadline)
     n = len(dem.model_ids)
     resolution = 0.0 if n <= EXACT_CLASSES_UP_TO else CLASS_RESOLUTION
     cls = build_classes(dem, opts.max_utilization, resolution, LOAD_RESOLUTION)
@@ -113,13 +105,13 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lp_value, rounds, converged = ip.cost, 0, ip.optimal
         say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
     else:
-        result = cg.run(start + COLUMN_GENERATION_SHARE * budget, warm=(fluid.pi, fluid.rho),
+        result = cg.run(budget.at(shares.COLUMN_GENERATION), warm=(fluid.pi, fluid.rho),
                         progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
-        chosen = cg.integer_solution(start + ROUNDING_SHARE * budget)
+        chosen = cg.integer_solution(budget.at(shares.ROUNDING))
         say(f"integer: iterated rounding ${cg.pod_cost(chosen):.3f}/h of pods")
-        chosen = rehome(cg, chosen, shapes, max(0.5, start + REHOME_SHARE * budget - time.perf_counter()))
+        chosen = rehome(cg, chosen, shapes, max(0.5, budget.at(shares.REHOME) - time.perf_counter()))
         lower = max(fluid.value, result.lower_bound)
         config_bound = result.lower_bound
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
@@ -162,8 +154,9 @@ def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: 
          say: Callable[[str], None]) -> Solved:
     """The solver, the re-plan of part-empty nodes and first-fit decreasing, cheapest kept; `dem`
     over undominated `shapes`. Also packs a re-plan's new and displaced models (packing/replan.py)."""
-    solved = solve(dem, shapes, opts, start + SOLVE_SHARE * (deadline - start), say)
-    solved = improve(solved, dem, shapes, opts, start + IMPROVE_SHARE * (deadline - start), say, solve)
+    budget = TimeBudget(start, deadline - start)
+    solved = solve(dem, shapes, opts, budget.at(shares.SOLVE), say)
+    solved = improve(solved, dem, shapes, opts, budget.at(shares.IMPROVE), say, solve)
     solved = tighten_plan(solved, dem, shapes, opts, deadline, say)
     # First-fit decreasing is fast and, on some catalogues, better than a column generation
     # that ran out of time: the plan is never dearer than it.

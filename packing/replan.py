@@ -27,7 +27,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, PreviousPlan, Profile
+from packing import budget as shares
 from packing.assemble import BuiltServer
+from packing.budget import TimeBudget
 from packing.classes import build_classes
 from packing.demand import Demand, build_demand
 from packing.diff import plan_diff
@@ -263,7 +265,8 @@ def replan(
     dem = build_demand(models, profiles, node_shapes(catalogue, opts), opts)
     fleet, pending = carry(previous, dem, opts)
     say(f"carried {len(fleet.servers)} of {len(previous.servers)} servers; {len(pending)} models to place")
-    pack_new(fleet, pending, start + (0.6 if budget.active else 0.9) * opts.time_limit_s, say)
+    share = shares.REPLAN_PACK_THEN_CONSOLIDATE if budget.active else shares.REPLAN_PACK
+    pack_new(fleet, pending, TimeBudget(start, opts.time_limit_s).at(share), say)
     if budget.active:
         fleet = consolidate(fleet, budget, deadline, say)
     lower = fresh_bound(dem, opts)

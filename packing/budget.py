@@ -1,0 +1,53 @@
+"""The solve's time budget: one object that says when each stage must end.
+
+A plan gets `--time-limit` seconds in all. The stages end at fixed shares of it, measured from
+the start: the solver (column generation, rounding and the choice of instance sizes, each at a
+share of the solver's own budget), then the re-plan of part-empty nodes, then emptying
+part-filled servers, which has the rest. The re-planner splits its budget between packing new
+and displaced models and consolidation the same way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+# Of the whole time limit.
+SOLVE = 0.9  # the solver ends here; the re-plan of part-empty nodes runs to IMPROVE
+IMPROVE = 0.95
+# Of the solver's own budget.
+COLUMN_GENERATION = 0.7
+ROUNDING = 0.88
+REHOME = 0.92
+# Of a re-plan's budget: packing what must move, with or without consolidation after it.
+REPLAN_PACK = 0.9
+REPLAN_PACK_THEN_CONSOLIDATE = 0.6
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """`seconds` from `start` (time.perf_counter())."""
+
+    start: float
+    seconds: float
+
+    @staticmethod
+    def from_now(seconds: float) -> TimeBudget:
+        return TimeBudget(time.perf_counter(), seconds)
+
+    @staticmethod
+    def until(deadline: float, floor_s: float = 1.0) -> TimeBudget:
+        """From now to `deadline`, at least `floor_s` seconds."""
+        now = time.perf_counter()
+        return TimeBudget(now, max(deadline - now, floor_s))
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.seconds
+
+    def at(self, share: float) -> float:
+        """The moment `share` of the budget has passed."""
+        return self.start + share * self.seconds
+
+    def left(self, floor_s: float = 0.0) -> float:
+        """Seconds left now, at least `floor_s`."""
+        return max(floor_s, self.deadline - time.perf_counter())
