@@ -28,3 +28,20 @@ def test_key_changes_with_model_settings_and_versions():
 
 def test_key_ignores_dict_order():
     assert key(settings=dict(reversed(list(BASE["settings"].items())))) == key()
+
+
+def test_profile_samples_go_to_the_innermost_matching_frame():
+    from bench.serving import attribute_samples
+
+    lines = [
+        "thread (1): MainThread;run (asyncio/base_events.py:1);app (starlette/routing.py:2);render (starlette/responses.py:3);"
+        "dumps (json/__init__.py:4) 7",
+        "thread (1): MainThread;run (asyncio/base_events.py:1);predict (serving/dataplane.py:9);encode (serving/text.py:52) 3",
+        "thread (2): inference_0;_worker (concurrent/futures/thread.py:83);_run (serving/model.py:106);"
+        "_call_impl (torch/nn/modules/module.py:1) 5",
+        "thread (1): MainThread;select (selectors.py:468) 2",
+        "garbage",
+    ]
+    got = attribute_samples(lines)
+    assert got == {"encode the reply (JSON)": 7, "tokenise": 3, "forward (inference thread, Python side)": 5,
+                   "event loop (asyncio)": 2}

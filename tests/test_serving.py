@@ -491,3 +491,52 @@ def test_trimming_to_the_longest_row_changes_no_output(serving_store, model_id):
             assert (got == NO_ANSWER_LOGIT).any()
         else:
             np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_keep_filling_waits_only_for_room_and_arrivals():
+    from serving.batcher import ARRIVING_WAIT_S, keep_filling
+
+    assert not keep_filling(8, 8, arriving=5, since_first_s=0.0, collecting_s=0.0, delay_s=1.0)  # full
+    assert keep_filling(1, 8, arriving=0, since_first_s=0.0005, collecting_s=0.0, delay_s=0.001)  # within the delay
+    assert not keep_filling(1, 8, arriving=0, since_first_s=0.002, collecting_s=0.0, delay_s=0.001)  # nobody coming
+    assert keep_filling(1, 8, arriving=2, since_first_s=0.002, collecting_s=0.0, delay_s=0.0)  # requests inside: wait
+    assert not keep_filling(1, 8, arriving=2, since_first_s=1.0, collecting_s=ARRIVING_WAIT_S, delay_s=0.0)  # bounded
+
+
+def test_batch_waits_for_a_request_already_inside_the_server(monkeypatch):
+    """With MAX_DELAY_MS 0, a request that is arriving (counted, not yet queued) joins the batch of the one queued
+    before it; once nothing is arriving the batch runs without waiting for more."""
+    from serving import batcher as batcher_module
+    from serving.batcher import Batcher
+
+    monkeypatch.setattr(batcher_module, "ARRIVING_WAIT_S", 30.0)  # long, so only the arrival can end the wait
+    seen = []
+
+    def forward(ids, mask):
+        seen.append(ids[:, 0].tolist())
+        return [ids[:, :1].astype(np.float32)]
+
+    def rows(value):
+        return np.full((1, 3), value, dtype=np.int64), np.ones((1, 3), dtype=np.int64)
+
+    async def scenario():
+        arriving = {"n": 1}
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher("m", forward, max_batch_size=4, max_delay_ms=0, queue_size=8, timeout_ms=60000,
+                          slots=asyncio.Semaphore(1), executor=executor, workers=1, arriving=lambda: arriving["n"])
+        far = time.monotonic() + 60
+        first = asyncio.ensure_future(batcher.submit(*rows(1), far))
+        for _ in range(20):  # let the loop collect the first and start waiting
+            await asyncio.sleep(0)
+        assert seen == []  # held for the arriving request
+        arriving["n"] = 0  # it reaches the queue
+        second = asyncio.ensure_future(batcher.submit(*rows(2), far))
+        await asyncio.wait_for(asyncio.gather(first, second), 30)
+        assert seen == [[1, 2]]
+        third = asyncio.ensure_future(batcher.submit(*rows(3), far))  # nothing arriving: runs alone, at once
+        await asyncio.wait_for(third, 30)
+        assert seen == [[1, 2], [3]]
+        await batcher.close()
+        executor.shutdown()
+
+    asyncio.run(scenario())
