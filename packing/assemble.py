@@ -30,6 +30,16 @@ class BuiltServer:
     pattern: int = -1
 
 
+@dataclass
+class Solved:
+    built: List[BuiltServer]
+    # Nodes per instance type, keyed by its first shape (`resources.node_groups`); a placement's
+    # node index counts among its type's nodes, which the type's SLO tiers share.
+    nodes: Dict[int, int]
+    lower: float  # proven bound on instance $/h
+    info: Dict[str, object]
+
+
 def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Classes, dem: Demand) -> List[BuiltServer]:
     pools = [list(m) for m in cls.members]
     cursor = [0] * len(pools)

@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
 from packing import budget as shares
-from packing.assemble import BuiltServer, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
+from packing.assemble import BuiltServer, Solved, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
 from packing.baselines import first_fit_decreasing_by_price
 from packing.budget import TimeBudget
 from packing.classes import build_classes
@@ -20,7 +20,7 @@ from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, in
 from packing.knapsack import quiet_banner
 from packing.latency import Stream, pod_p90_ms
 from packing.loads import ModelLoad, PodLoad
-from packing.repair import Solved, ffd_nodes, from_baseline, improve, tighten_plan
+from packing.repair import ffd_nodes, from_baseline, improve, tighten_plan
 from packing.resources import NodeShape, PackingOptions, node_shapes, nodes_price
 from packing.tiers import service_of
 

@@ -4,26 +4,15 @@ packs cheaper."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from packing.assemble import BuiltServer, place_on_nodes
+from packing.assemble import BuiltServer, Solved, place_on_nodes
 from packing.baselines import BaselineResult
 from packing.demand import Demand
 from packing.fleet import Fleet, tighten
 from packing.resources import NodeShape, PackingOptions, node_groups, nodes_price, pod_caps
-
-
-@dataclass
-class Solved:
-    built: List[BuiltServer]
-    # Nodes per instance type, keyed by its first shape (`resources.node_groups`); a placement's
-    # node index counts among its type's nodes, which the type's SLO tiers share.
-    nodes: Dict[int, int]
-    lower: float  # proven bound on instance $/h
-    info: Dict[str, object]
 
 
 def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:

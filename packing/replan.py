@@ -28,7 +28,7 @@ import numpy as np
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, PreviousPlan, Profile
 from packing import budget as shares
-from packing.assemble import BuiltServer
+from packing.assemble import BuiltServer, Solved
 from packing.budget import TimeBudget
 from packing.classes import build_classes
 from packing.demand import Demand, build_demand
@@ -39,7 +39,6 @@ from packing.formulation import fluid_relaxation
 from packing.knapsack import quiet_banner
 from packing.nodes import NodePool
 from packing.planner import CLASS_RESOLUTION, EXACT_CLASSES_UP_TO, LOAD_RESOLUTION, PlanResult, pack, write_plan
-from packing.repair import Solved
 from packing.resources import TOLERANCE, PackingOptions, node_shapes, pod_caps
 
 SERVER_ID = re.compile(r"^([a-z0-9]+)-(\d+)$")

@@ -9,9 +9,9 @@ from typing import List
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packing.assemble import BuiltServer, place_on_nodes
+from packing.assemble import BuiltServer, Solved, place_on_nodes
 from packing.baselines import BaselineResult, BaselineServer
-from packing.repair import Solved, tighten_plan
+from packing.repair import tighten_plan
 from packing.resources import PackingOptions
 from tests.baseline_fixtures import PLATFORM, catalogue, demand_of, instance, model, violations
 
