@@ -220,6 +220,15 @@ def pod_cpu_request_m(s: BuiltServer, dem: Demand) -> int:
     return int(min(share, max(shape.pod_cpu_m, math.ceil(shape.pod_cpu_m + rate * shape.request_cpu_ms))))
 
 
+def latency_model_info(catalogue: InstanceCatalogue) -> Dict[str, object]:
+    """What the plan's predicted P90s assume (packing/latency.py), so a reader can weigh them."""
+    return {"name": "M/G/c (Allen-Cunneen), lognormal service through the profile's p50 and p90",
+            "service_at": "each profile's measured sequence length (the traced length); shorter texts run faster",
+            "request_cpu_ms": catalogue.server_base.request_cpu_ms,
+            "request_cpu_on": "cpu pods: the model's cores (added to service); accelerator pods: the host (added after)",
+            "batching": "not modelled (it only adds capacity under load)"}
+
+
 def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence[ModelSpec],
                profile_sources: Mapping[str, Mapping[str, str]], catalogue: InstanceCatalogue, opts: PackingOptions,
                inputs: Optional[Mapping[str, str]], solve_seconds: float) -> PlanResult:
@@ -265,7 +274,8 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
         "solver": {**info, "lp_per_hour": round(float(info["lp_per_hour"]) + platform, 6),
                    "fluid_per_hour": round(float(info["fluid_per_hour"]) + platform, 6),
                    "config_bound_per_hour": round(float(info["config_bound_per_hour"]) + platform, 6),
-                   "time_limit_s": opts.time_limit_s},
+                   "time_limit_s": opts.time_limit_s,
+                   "latency_model": latency_model_info(catalogue)},
         "instances": instances,
         "cost_per_hour": round(cost, 6),
         "platform_per_hour": round(platform, 6),
