@@ -84,9 +84,11 @@ bench-replan: $(STAMP)
 bench-trace: $(STAMP)
 	$(PY) -m bench.tracing --out bench/results/tracing.json
 
-# The model server against raw forward, itself unbatched, TorchServe (its own .venv-torchserve, created by the
-# bench) and with 1-50 models; traced models are cached in bench/.cache/. About 10 minutes.
+# The model server against raw forward, itself unbatched, TorchServe and KServe (their own .venv-torchserve and
+# .venv-kserve, created by the bench), profiled with py-spy, and with 1-50 models; traced models are cached in
+# bench/.cache/. About 10 minutes.
 bench-serve: $(STAMP)
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet --disable-pip-version-check py-spy
 	$(PY) -m bench.serving --out bench/results/serving.json
 
 # The latency model (packing/latency.py) against real servers: pinned 1- and 2-worker pods of MiniLM alone and
