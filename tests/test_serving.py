@@ -496,11 +496,11 @@ def test_trimming_to_the_longest_row_changes_no_output(serving_store, model_id):
 def test_keep_filling_waits_only_for_room_and_arrivals():
     from serving.batcher import ARRIVING_WAIT_S, keep_filling
 
-    assert not keep_filling(8, 8, arriving=5, since_first_s=0.0, collecting_s=0.0, delay_s=1.0)  # full
-    assert keep_filling(1, 8, arriving=0, since_first_s=0.0005, collecting_s=0.0, delay_s=0.001)  # within the delay
-    assert not keep_filling(1, 8, arriving=0, since_first_s=0.002, collecting_s=0.0, delay_s=0.001)  # nobody coming
-    assert keep_filling(1, 8, arriving=2, since_first_s=0.002, collecting_s=0.0, delay_s=0.0)  # requests inside: wait
-    assert not keep_filling(1, 8, arriving=2, since_first_s=1.0, collecting_s=ARRIVING_WAIT_S, delay_s=0.0)  # bounded
+    assert not keep_filling(8, 8, coming=5, since_first_s=0.0, collecting_s=0.0, delay_s=1.0)  # full
+    assert keep_filling(1, 8, coming=0, since_first_s=0.0005, collecting_s=0.0, delay_s=0.001)  # within the delay
+    assert not keep_filling(1, 8, coming=0, since_first_s=0.002, collecting_s=0.0, delay_s=0.001)  # nobody coming
+    assert keep_filling(1, 8, coming=2, since_first_s=0.002, collecting_s=0.0, delay_s=0.0)  # requests inside: wait
+    assert not keep_filling(1, 8, coming=2, since_first_s=1.0, collecting_s=ARRIVING_WAIT_S, delay_s=0.0)  # bounded
 
 
 def test_batch_waits_for_a_request_already_inside_the_server(monkeypatch):
