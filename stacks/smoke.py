@@ -28,7 +28,8 @@ JOB_CONDITIONS_PATH = '.status.conditions[?(@.status=="True")].type'
 # No shell needed in the image: write the routes from the environment, then run the load test's CLI.
 _RUN = ("import os, runpy, sys; open('/tmp/routes.json', 'w').write(os.environ['SMOKE_ROUTES']); "
         "sys.argv = ['loadtest', 'smoke', '--routes', '/tmp/routes.json', '--base-url', os.environ['SMOKE_BASE_URL'], "
-        "'--header', 'Host:' + os.environ['SMOKE_HOST'], '--out', '/tmp/report', '--quiet']; "
+        "'--header', 'Host:' + os.environ['SMOKE_HOST'], '--deadline-s', os.environ['SMOKE_DEADLINE_S'], "
+        "'--out', '/tmp/report', '--quiet']; "
         "runpy.run_module('loadtest', run_name='__main__', alter_sys=True)")
 
 
@@ -38,6 +39,13 @@ def smoke_routes(routes: Mapping[str, Any]) -> Dict[str, Any]:
     models = {s["models"][0]: routes["models"][s["models"][0]] for s in servers.values()}
     return {"base_url": routes["base_url"], "models": models,
             "servers": {sid: {"url": s["url"], "models": [s["models"][0]]} for sid, s in servers.items()}}
+
+
+def retry_deadline_s(job_deadline_s: int) -> int:
+    """How long the smoke step retries servers that are still pulling images or loading models:
+    the Job's deadline less a minute to report, so a slow fleet fails with its servers named
+    rather than a killed Job."""
+    return max(30, job_deadline_s - 60)
 
 
 def smoke_job(*, name: str, namespace: str, image: str, base_url: str, host: str, routes: Mapping[str, Any],
@@ -64,7 +72,8 @@ def smoke_job(*, name: str, namespace: str, image: str, base_url: str, host: str
                         "command": ["python", "-c", _RUN],
                         "env": [{"name": "SMOKE_ROUTES", "value": json.dumps(routes, sort_keys=True)},
                                 {"name": "SMOKE_BASE_URL", "value": base_url},
-                                {"name": "SMOKE_HOST", "value": host}],
+                                {"name": "SMOKE_HOST", "value": host},
+                                {"name": "SMOKE_DEADLINE_S", "value": str(retry_deadline_s(deadline_s))}],
                         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
                                       "limits": {"memory": "512Mi"}},
                         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
