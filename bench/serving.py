@@ -90,6 +90,35 @@ def load_avg() -> List[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def proc_loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return " ".join(map(str, load_avg()))
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every `every_s` seconds while the benchmark runs: how noisy it was."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        import threading
+
+        self.samples: List[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.samples.append(round(os.getloadavg()[0], 2))
+
+    def stop(self) -> Dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        a = self.samples or [float("nan")]
+        return {"every_s": 5.0, "n": len(self.samples), "min": min(a), "median": statistics.median(a), "max": max(a)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -838,7 +867,13 @@ def markdown(res: Dict[str, Any]) -> str:
     lat = o["latency"]
     lines = [f"# Serving benchmark ({meta['machine']})", "",
              f"{meta['date']}; `python -m bench.serving{' --quick' if meta['quick'] else ''}`; {meta['cpus']} CPUs shared with other "
-             f"jobs: load average (1, 5, 15 min) {meta['load_start']} at the start, {meta['load_end']} at the end. Model: the real "
+             f"jobs: load average (1, 5, 15 min) {meta['load_start']} at the start, {meta['load_end']} at the end"
+             + (f" (`cat /proc/loadavg`: `{meta['proc_loadavg_start']}` before, `{meta['proc_loadavg_end']}` after; the 1-minute "
+                f"load every {meta['load_during']['every_s']:.0f} s during the run: min {meta['load_during']['min']}, median "
+                f"{meta['load_during']['median']}, max {meta['load_during']['max']}; the benchmark itself keeps up to about 2 busy, "
+                "so more is other jobs)"
+                if meta.get("load_during") else "")
+             + ". Model: the real "
              f"MiniLM-L6 (feature extraction), one TorchScript artifact traced for cpu at sequence length {SEQ} (fp32), used by "
              "every run. Loopback only. This server: "
              f"WORKERS={COMMON_ENV['WORKERS']} (one intra-op thread each), QUEUE_SIZE={COMMON_ENV['QUEUE_SIZE']}. "
@@ -1040,7 +1075,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         density_counts = tuple(int(x) for x in args.density.split(","))
     started = time.monotonic()
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "quick": quick, "load_start": load_avg()}
+            "platform": platform.platform(), "cpus": os.cpu_count(), "quick": quick, "load_start": load_avg(),
+            "proc_loadavg_start": proc_loadavg()}
+    sampler = LoadSampler()
     try:
         from tracing.profile import machine
         meta["machine"] = machine()
@@ -1125,6 +1162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     res["density"] = phase_density(density_counts, 3.0 if quick else 8.0)
     res["server_base"] = server_base(res["density"], max(res.get("server_rss_mib", {}).values(), default=None))
     meta["load_end"] = load_avg()
+    meta["proc_loadavg_end"] = proc_loadavg()
+    meta["load_during"] = sampler.stop()
     meta["seconds"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
