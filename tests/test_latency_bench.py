@@ -135,14 +135,17 @@ def test_summary_and_markdown_state_each_group() -> None:
         "created_at": "2026-12-03T14:20:00Z", "machine": "test", "loadavg_before": "0.1", "loadavg_after": "0.2", "wall_s": 600.0,
         "sources": {SLOW: "package:x"}, "profiles": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0}}, "traced": True,
         "pinning": {"profile": 0, "generator_note": "core 1"}, "text_tokens": 128, "requests_per_point": 600, "warmup_s": 2.0, "seed": 11,
-        "request_cpu": {"requests": 300, "forward": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0, "cpu_ms": 19.5}},
+        "request_cpu": {"requests": 300, "forward": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0, "cpu_ms": 19.5, "spaced_p50_ms": 20.5,
+                                                           "spaced_cpu_ms": 20.0}},
                         "by_model": {SLOW: {"server_cpu_ms_per_request": 23.0, "request_cpu_ms": 3.5, "http_p50_ms": 24.5,
-                                            "latency_overhead_ms": 4.5}}, "measured_ms": 3.5},
+                                            "latency_overhead_ms": 4.5, "spaced_server_cpu_ms_per_request": 24.0,
+                                            "spaced_request_cpu_ms": 4.0, "spaced_http_p50_ms": 26.5,
+                                            "spaced_latency_overhead_ms": 6.0}}, "measured_ms": 3.5},
         "request_cpu_ms_used": 3.5, "request_cpu_ms_source": "catalogue", "points": points, "summary": summary, "plot": "latency.png",
     }
     text = markdown(results)
     assert "| minilm-w1-b1 | 0.8 | 40.0 | minilm | 600 | 30.0 | 42.0 | 1.40 ✗ |" in text
-    assert "**3.50 ms**" in text
+    assert "**3.50 ms**" in text and "latency minilm 26.50 − 20.50 = 6.00 ms" in text
     assert "1 of 2 ratios within 0.8–1.25" in text
 
 
@@ -191,3 +194,33 @@ def test_open_server_keeps_one_servers_rates() -> None:
         open_server_rates(rates, server_of, plan, "nope")
     with pytest.raises(ContractError, match="give --plan"):
         open_server_rates(rates, server_of, None, "auto")
+
+
+def test_an_unstable_prediction_reads_as_infinite_and_is_left_off_the_plot(tmp_path) -> None:
+    from bench.latency import fmt, plot
+
+    assert fmt(None, unbounded=True) == "∞" and fmt(None) == "–" and fmt(12.345) == "12.3"
+    unstable = dict(_row(1.0, 1.0), predicted_p90_ms=None, ratio=None)
+    points = [{"pod": "mixed-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.8, "rate_rps": 80.0,
+               "rows": [unstable, _row(1.1, 0.7), dict(_row(1.1, 0.7), model="pod")]}]
+    png = plot({"points": points}, tmp_path / "latency.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert summarise_rows(points)["all rows"]["within"] == 2
+
+
+def test_derive_rows_predicts_at_the_rate_sent_and_adds_the_pod_row() -> None:
+    from bench.latency import derive_rows
+
+    measured = {m: {"requests": 300, "ok": 299, "p50_ms": 20.0, "p90_ms": p90, "p99_ms": 50.0} for m, p90 in ((SLOW, 33.0), (FAST, 21.0))}
+    point = {"models": [SLOW, FAST], "workers": 1, "sent_rps": {SLOW: 10.0, FAST: 10.0}, "measured": measured}
+    rows = derive_rows(point, PROFILES, 2.0)
+    assert [r["model"] for r in rows] == [SLOW, FAST, "pod"]
+    expected = predict({SLOW: 10.0, FAST: 10.0}, 1, PROFILES, 2.0)
+    assert rows[0]["predicted_p90_ms"] == pytest.approx(expected[SLOW]) and rows[0]["errors"] == 1
+    assert rows[2]["measured_p90_ms"] == 33.0 and rows[2]["predicted_p90_ms"] == pytest.approx(max(expected.values()))
+    assert rows[0]["served_ratio"] is None
+    served = {SLOW: ModelProfile(24.0, 27.0), FAST: ModelProfile(9.0, 10.0)}
+    with_served = derive_rows(point, PROFILES, 2.0, served)
+    assert with_served[1]["served_p90_ms"] == pytest.approx(predict(point["sent_rps"], 1, served, 0.0)[FAST])
+    overloaded = dict(point, sent_rps={SLOW: 60.0, FAST: 60.0})
+    assert derive_rows(overloaded, PROFILES, 2.0)[0]["predicted_p90_ms"] is None
