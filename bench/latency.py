@@ -81,6 +81,9 @@ KEY_SOURCES = ("tracing", "store", "contracts")
 UTILISATIONS = (0.2, 0.4, 0.6, 0.8)
 BATCH1_UTILISATIONS = (0.6, 0.8)  # where queues are long enough for batches to form
 TARGET_BAND = (0.8, 1.25)
+# The model is of batch-1 service; where batches form the as-deployed server may beat it (the safe side), so the
+# target is judged on the MAX_BATCH_SIZE=1 pods there and on the as-deployed ones below.
+JUDGED = "target rows (MAX_BATCH_SIZE 1 at u 0.6 and 0.8, as deployed at u 0.2 and 0.4)"
 PASSAGE = ("Serving thousands of small language models on a few machines is a packing problem: each server holds "
            "several models, every model has its own traffic, and the latency a user sees is the time the request "
            "waits behind the others plus the time its own forward pass takes on the cores of the pod. The planner "
@@ -317,12 +320,13 @@ def markdown(results: Mapping[str, Any]) -> str:
              + f". Measured figure: {rc['measured_ms']:.2f} ms; predictions use {results['request_cpu_ms_used']:.2f} ms "
              f"({results['request_cpu_ms_source']}).", "",
              "## Points", "",
-             "| pod | u | req/s sent | model | requests | predicted P90 | measured P90 | ratio | M/M/c P90 | M/M/c ratio "
-             "| as-served P90 | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| pod | u | req/s sent | s | model | requests | predicted P90 | measured P90 | ratio | M/M/c P90 | M/M/c ratio "
+             "| as-served P90 | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in results["points"]:
         for row in p["rows"]:
             flag = "" if within(row["ratio"]) else " ✗"
-            lines.append(f"| {p['pod']} | {p['utilisation']:g} | {p['rate_rps']:.1f} | {row['model']} | {row['requests']} | "
+            lines.append(f"| {p['pod']} | {p['utilisation']:g} | {p['rate_rps']:.1f} | {p.get('duration_s', 0):.0f} | "
+                         f"{row['model']} | {row['requests']} | "
                          f"{fmt(row['predicted_p90_ms'], unbounded=True)} | {fmt(row['measured_p90_ms'])} | {fmt(row['ratio'], 2)}{flag} | "
                          f"{fmt(row['mmc_p90_ms'], unbounded=True)} | {fmt(row['mmc_ratio'], 2)} | "
                          f"{fmt(row.get('served_p90_ms'), unbounded=True)} | {fmt(row.get('served_ratio'), 2)} |")
@@ -348,12 +352,16 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def summarise_rows(points: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """Per group of pods (all; as deployed; MAX_BATCH_SIZE=1): how many ratios meet the band, and their range."""
-    groups: Dict[str, List[Mapping[str, Any]]] = {"all rows": [], "as deployed (MAX_BATCH_SIZE 8)": [], "MAX_BATCH_SIZE 1": []}
+    groups: Dict[str, List[Mapping[str, Any]]] = {JUDGED: [], "all rows": [], "as deployed (MAX_BATCH_SIZE 8)": [],
+                                                  "MAX_BATCH_SIZE 1": []}
     for p in points:
         key = "as deployed (MAX_BATCH_SIZE 8)" if p["max_batch_size"] > 1 else "MAX_BATCH_SIZE 1"
+        judged = p["max_batch_size"] == 1 or p["utilisation"] not in BATCH1_UTILISATIONS
         for row in p["rows"]:
             groups["all rows"].append(row)
             groups[key].append(row)
+            if judged:
+                groups[JUDGED].append(row)
     out = {}
     for name, rows in groups.items():
         if not rows:

@@ -7,6 +7,7 @@ import pytest
 
 from bench.latency import (
     FAST,
+    JUDGED,
     SLOW,
     ModelProfile,
     counted,
@@ -126,10 +127,13 @@ def _row(r: float, old: float) -> dict:
 
 def test_summary_and_markdown_state_each_group() -> None:
     points = [{"pod": "minilm-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.2, "rate_rps": 10.0, "rows": [_row(1.0, 0.5)]},
-              {"pod": "minilm-w1-b1", "max_batch_size": 1, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0, "rows": [_row(1.4, 0.3)]}]
+              {"pod": "minilm-w1-b1", "max_batch_size": 1, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0, "duration_s": 15.2,
+               "rows": [_row(1.4, 0.3)]},
+              {"pod": "minilm-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0, "rows": [_row(0.5, 0.3)]}]
     summary = summarise_rows(points)
-    assert summary["all rows"]["rows"] == 2 and summary["all rows"]["within"] == 1
+    assert summary["all rows"]["rows"] == 3 and summary["all rows"]["within"] == 1
     assert summary["as deployed (MAX_BATCH_SIZE 8)"]["within"] == 1
+    assert summary[JUDGED]["rows"] == 2  # the batched pod at 0.8 is judged by its MAX_BATCH_SIZE=1 twin
     assert summary["MAX_BATCH_SIZE 1"]["max"] == pytest.approx(1.4)
     results = {
         "created_at": "2026-12-03T14:20:00Z", "machine": "test", "loadavg_before": "0.1", "loadavg_after": "0.2", "wall_s": 600.0,
@@ -144,9 +148,9 @@ def test_summary_and_markdown_state_each_group() -> None:
         "request_cpu_ms_used": 3.5, "request_cpu_ms_source": "catalogue", "points": points, "summary": summary, "plot": "latency.png",
     }
     text = markdown(results)
-    assert "| minilm-w1-b1 | 0.8 | 40.0 | minilm | 600 | 30.0 | 42.0 | 1.40 ✗ |" in text
+    assert "| minilm-w1-b1 | 0.8 | 40.0 | 15 | minilm | 600 | 30.0 | 42.0 | 1.40 ✗ |" in text
     assert "**3.50 ms**" in text and "latency minilm 26.50 − 20.50 = 6.00 ms" in text
-    assert "1 of 2 ratios within 0.8–1.25" in text
+    assert "1 of 3 ratios within 0.8–1.25" in text
 
 
 # ---- the load test's predicted-vs-measured P90 (loadtest/report.py), which this benchmark's figures back ----
