@@ -46,7 +46,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -59,6 +58,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from contracts import InstanceCatalogue, load, write_atomic, write_json_atomic
 from contracts.measures import percentile
+from deploy.ports import free_port
 from packing.latency import ServiceTime, Stream, mmc_p90_ms, stream_p90s_ms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -449,12 +449,6 @@ def exact_text() -> Tuple[str, int]:
 
 
 # ---- processes ----
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def cpu_list(cores: Sequence[int]) -> str:
     return ",".join(str(c) for c in cores)
 

@@ -49,6 +49,7 @@ import psutil
 import yaml
 
 from bench.serving_client import LoadResult, build_request, run_load
+from deploy.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -117,12 +118,6 @@ class LoadSampler:
         self._thread.join()
         a = self.samples or [float("nan")]
         return {"every_s": 5.0, "n": len(self.samples), "min": min(a), "median": statistics.median(a), "max": max(a)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5.0) -> Optional[Any]:

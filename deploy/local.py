@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,23 +27,17 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 from contracts import Plan, Server, check_dns_label, write_json_atomic
 from contracts.pod import POD_ENV_NAMES, pod_env
 from contracts.routes import routes_for
+from deploy.ports import HOST, free_port
 from deploy.readiness import DeployError, InputError, Probe, log_tail, wait_ready
 from deploy.state import clear_state, read_state, write_state
 from store import FileStore, StoreError, open_store
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m serving` is importable
-HOST = "127.0.0.1"
 # Pod-contract and tuning variables of this shell must not leak into the servers (each gets its own).
 SERVER_ENV = POD_ENV_NAMES + ("HOST", "MAX_BATCH_SIZE", "MAX_DELAY_MS", "QUEUE_SIZE", "REQUEST_TIMEOUT_MS", "MAX_BODY_BYTES",
                               "WORKERS", "STORE_RETRY_MAX_SECONDS", "LOG_LEVEL", "ACCESS_LOG")
 SERVER_GRACE_S = 10.0  # the servers' GRACE_SECONDS here: drain time after SIGTERM
 PORT_RETRIES = 3  # a free port taken by someone else between choosing and binding: try another
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def default_workers(servers: int, cpus: Optional[int] = None) -> int:

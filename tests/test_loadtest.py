@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +18,7 @@ from loadtest import report as reporting
 from loadtest.client import Client, ProtocolError
 from loadtest.stats import Curve, Sample, percentile, percentiles, poisson_schedule, pooled_percentile, random_models, summarise, throughput
 from loadtest.targets import resolve
+from tests.fixtures_net import free_port
 
 
 # ---- the maths ----
@@ -173,9 +173,7 @@ def stub() -> Iterator[str]:
 
 
 def _dead_url() -> str:
-    with socket.socket() as s:  # a port nobody listens on once this closes
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"  # nobody listens there once free_port returns
 
 
 def test_client_keep_alive_chunked_close_and_errors(stub: str) -> None:

@@ -24,6 +24,7 @@ from stacks.preflight import (
     quota_needs,
     report,
 )
+from tests.fixtures_net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -91,15 +92,9 @@ def test_preflight_without_credentials_says_it_could_not_look():
             assert line.rstrip().endswith("unknown"), line
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def moto_server():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

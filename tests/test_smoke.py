@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +18,7 @@ from loadtest.client import Client
 from loadtest.runner import RequestSpec
 from loadtest.smoke import Backoff, failure_lines, namespace_of, smoke, where_to_look
 from loadtest.targets import Target
+from tests.fixtures_net import free_port
 
 
 class _Loading(BaseHTTPRequestHandler):
@@ -47,12 +47,6 @@ def _start(port: int, loading: int) -> ThreadingHTTPServer:
     server.seen, server.loading, server.lock = 0, loading, threading.Lock()  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:  # nobody listens on it once this closes
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 def test_a_loading_server_is_asked_until_it_answers(servers: List[ThreadingHTTPServer]) -> None:
     """Three 503s, then 200: four tries, and the result is a pass."""
-    port = _free_port()
+    port = free_port()
     servers.append(_start(port, loading=3))
     target = Target("m-a", "s1", f"http://127.0.0.1:{port}/predictions/m-a")
 
@@ -101,7 +95,7 @@ def test_a_loading_server_is_asked_until_it_answers(servers: List[ThreadingHTTPS
 def test_smoke_waits_for_a_server_that_starts_listening_late(servers: List[ThreadingHTTPServer], tmp_path: Path) -> None:
     """One server answers at once; the other's port refuses connections until it starts, after the first try,
     and then answers 503 once before 200. The run waits for both and passes."""
-    early_port, late_port = _free_port(), _free_port()
+    early_port, late_port = free_port(), free_port()
     servers.append(_start(early_port, loading=0))
     timer = threading.Timer(0.5, lambda: servers.append(_start(late_port, loading=1)))
     timer.start()
@@ -122,7 +116,7 @@ def test_a_server_that_never_comes_up_fails_with_its_status_error_and_where_to_l
         servers: List[ThreadingHTTPServer], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Through a gateway (base_url) to cluster servers: s1 answers, s2 stays at 503. The failure names s2, its
     last status and the server's message, and kubectl commands for its pods in its namespace."""
-    gateway_port = _free_port()
+    gateway_port = free_port()
     servers.append(_start(gateway_port, loading=10**9))
     routes = _routes(tmp_path, {"s2": "http://s2.modelfleet-dev.svc.cluster.local:8080"},
                      base_url=f"http://127.0.0.1:{gateway_port}")
@@ -137,7 +131,7 @@ def test_a_server_that_never_comes_up_fails_with_its_status_error_and_where_to_l
 
 
 def test_a_refused_local_server_fails_with_no_status_and_the_deploy_hint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     routes = _routes(tmp_path, {"s9": dead})
     assert cli.main(["smoke", "--routes", str(routes), "--out", str(tmp_path / "r"), "--quiet", "--deadline-s", "0"]) == 1
     err = capsys.readouterr().err
