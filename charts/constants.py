@@ -31,6 +31,16 @@ def plan_node_taint(processor: str) -> tuple[str, str, str]:
     return PLAN_NODE_TAINT_KEY, TAINT_VALUES[processor], TAINT_EFFECT
 
 
+# kube-prometheus-stack's Prometheus Service (release name kube-prometheus-stack) in the monitoring namespace.
+PROMETHEUS_SERVICE = "kube-prometheus-stack-prometheus"
+PROMETHEUS_PORT = 9090
+
+
+def prometheus_url(namespace: str) -> str:
+    """Where Prometheus answers inside the cluster (KEDA's prometheus trigger queries it)."""
+    return f"http://{PROMETHEUS_SERVICE}.{namespace}.svc:{PROMETHEUS_PORT}"
+
+
 # Extended resources the device plugins advertise (one device: an Inferentia chip or a GPU).
 ACCELERATOR_RESOURCE: Dict[str, Optional[str]] = {
     "cpu": None, "gpu": "nvidia.com/gpu", "inf1": "aws.amazon.com/neuron", "inf2": "aws.amazon.com/neuron",
