@@ -10,7 +10,7 @@ release, so both name the same images.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -91,6 +91,18 @@ class Startup(_Section):
     period_seconds: int = Field(default=10, ge=1)
 
 
+class Autoscaling(_Section):
+    """What scales each server out (charts/autoscaling.py): KEDA on its requests in flight, read from
+    Prometheus, or the HorizontalPodAutoscaler on CPU. KEDA needs the KEDA operator and Prometheus
+    (kube-prometheus-stack in `monitoring_namespace`) in the cluster."""
+
+    accelerator: Literal["keda", "hpa"] = Field(
+        default="keda", description="gpu/inf1/inf2 servers: keda (a ScaledObject on requests in flight per pod) or "
+                                    "hpa (CPU, which barely moves with device load: it never scales them out)")
+    cpu: Literal["hpa", "keda"] = Field(
+        default="hpa", description="cpu servers: hpa (CPU utilisation, which is their inference load) or keda")
+
+
 _ROLE_ARN = r"^arn:aws[-a-z]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+$"
 _ECR_URI = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?/(?P<name>[a-z0-9._/-]+)$")
 
@@ -141,6 +153,8 @@ class EnvConfig(_Section):
         default=1, ge=1,
         description="plans for this environment must be made with at least this --min-replicas (prod: 2)")
     startup: Startup = Field(default_factory=Startup)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling,
+                                     description="per kind of processor: keda (requests in flight) or hpa (CPU)")
     stacks: StacksConfig = Field(
         default_factory=StacksConfig,
         description="settings only the CDK stacks read (region, plan, allowed_instance_families, burst_factor, "
