@@ -31,10 +31,6 @@ class TimeBudget:
     seconds: float
 
     @staticmethod
-    def from_now(seconds: float) -> TimeBudget:
-        return TimeBudget(time.perf_counter(), seconds)
-
-    @staticmethod
     def until(deadline: float, floor_s: float = 1.0) -> TimeBudget:
         """From now to `deadline`, at least `floor_s` seconds."""
         now = time.perf_counter()

@@ -39,11 +39,6 @@ class Classes:
     def __len__(self) -> int:
         return len(self.count)
 
-    @property
-    def exact(self) -> bool:
-        """True when every class's members are identical, so hi == lo."""
-        return all(np.array_equal(a, b) for a, b in ((self.d_hi, self.d_lo), (self.h_hi, self.h_lo), (self.u_hi, self.u_lo)))
-
 
 def _bucket(x: np.ndarray, floor: float, ratio: float) -> np.ndarray:
     out = np.full(x.shape, -1, dtype=np.int64)

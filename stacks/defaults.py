@@ -22,9 +22,6 @@ PIPELINE_ACCOUNT = "444444444444"
 DEFAULT_REGION = "us-east-1"
 ENVIRONMENT_NAMES = ("dev", "staging", "prod")
 
-# Processor -> EC2 families the processor's node groups may use (the catalogue's processors).
-PROCESSOR_FAMILIES = {"cpu": ("c5",), "gpu": ("g4dn", "g5"), "inf1": ("inf1",), "inf2": ("inf2",)}
-
 COMMON: Dict[str, Any] = {
     "region": DEFAULT_REGION,
     # The reviewed plan the stacks size node groups from and the charts render servers from: tracked

@@ -69,14 +69,6 @@ class NodeGroupSpec:
     def imds_hop_limit(self) -> int:
         return 2 if self.pods_need_imds else 1
 
-    @property
-    def neuron(self) -> bool:
-        return self.ami_type == AMI_NEURON
-
-    @property
-    def nvidia(self) -> bool:
-        return self.ami_type == AMI_NVIDIA
-
 
 def family_of(instance_type: str) -> str:
     return instance_type.split(".", 1)[0]

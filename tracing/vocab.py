@@ -15,8 +15,6 @@ from typing import Dict, List
 
 from tracing.shapes import CASED_VOCAB
 
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
 
 class SourceUnavailable(RuntimeError):
     """A model source cannot be read on this machine; the message says what to install or fix."""
