@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -56,9 +55,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from bench.harness import all_pids, cpu_seconds, log, proc_loadavg, stop_process
 from contracts import InstanceCatalogue, load, write_atomic, write_json_atomic
 from contracts.measures import percentile
 from deploy.ports import free_port
+from loadtest.report import png_figure
 from packing.latency import ServiceTime, Stream, mmc_p90_ms, stream_p90s_ms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,10 +93,6 @@ PASSAGE = ("Serving thousands of small language models on a few machines is a pa
            "the load is light, moderate, heavy, and close to the capacity of the pod in question.")
 FILLER = "a"  # one WordPiece token: pads a text to the exact length
 GAP_S = 0.05  # idle time after each request of a spaced 1-client run (and each spaced raw forward): ~Poisson at 0.2-0.4
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- pure: the experiment's design and its figures ----
@@ -453,19 +450,6 @@ def cpu_list(cores: Sequence[int]) -> str:
     return ",".join(str(c) for c in cores)
 
 
-def process_cpu_s(pid: int) -> float:
-    import psutil
-
-    total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        p = psutil.Process(pid)
-        for q in [p] + p.children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                t = q.cpu_times()
-                total += t.user + t.system
-    return total
-
-
 class Server:
     """`python -m serving` for one pod, pinned to `cores` with taskset."""
 
@@ -503,16 +487,10 @@ class Server:
         raise RuntimeError(f"server {self.pod.name} not ready after {timeout_s:.0f} s: see {self.log_path}")
 
     def cpu_s(self) -> float:
-        return process_cpu_s(self.proc.pid)
+        return cpu_seconds(all_pids([self.proc.pid]))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def run_child(role: str, spec: Mapping[str, Any], core: int, timeout_s: float) -> Dict[str, Any]:
@@ -703,15 +681,9 @@ def catalogue_request_cpu_ms(path: Path) -> float:
 
 
 def plot(results: Mapping[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     # per model (a mixed pod's own row repeats its slower model's figures)
     rows = [(p, r) for p in results["points"] for r in p["rows"] if r["measured_p90_ms"] is not None and r["model"] != "pod"]
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
-    try:
+    with png_figure(path, (7, 6)) as ax:
         values = [r["measured_p90_ms"] for _, r in rows]
         values += [r[k] for _, r in rows for k in ("predicted_p90_ms", "mmc_p90_ms") if r[k] is not None]
         lo, hi = min(values) * 0.7, max(values) * 1.4
@@ -739,12 +711,6 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
         ax.set_title("Pod P90: predicted against measured (per model and per pod)")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
     return path
 
 
@@ -755,10 +721,6 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
 
 
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
-
-
 def main_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if shutil.which("taskset") is None:
@@ -766,7 +728,7 @@ def main_run(args: argparse.Namespace) -> int:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise SystemExit(f"python -m bench.latency: needs 2 cores (a 2-worker pod), this process may use {cores}")
-    before = loadavg()
+    before = proc_loadavg()
     log(f"load average before: {before}")
     traced = ensure_store(cores[0], args.retrace)
     text, tokens = exact_text()
@@ -831,7 +793,7 @@ def main_run(args: argparse.Namespace) -> int:
         if abs(d - 1) > 0.1:
             ctx.notes.append(f"{m}'s raw forward ran at {d:.2f} x its profiled p50 during this run: the machine was not as it "
                              "was when profiled, and the predictions are off by about as much")
-    after = loadavg()
+    after = proc_loadavg()
     gen_note = (f"its own process, `taskset -c {ctx.generator_core(1)}` beside 1-worker pods on core {cores[0]}; 2-worker pods "
                 f"take cores {cpu_list(ctx.pod_cores(2))}" + (f" and the generator shares core {ctx.generator_core(2)} with them"
                                                              if len(cores) < 3 else f", the generator core {ctx.generator_core(2)}"))

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ import numpy as np
 import psutil
 import yaml
 
+from bench.harness import all_pids, cpu_seconds, log, proc_loadavg, stop_process, stop_process_group
 from bench.serving_client import LoadResult, build_request, run_load
 from deploy.ports import free_port
 
@@ -83,19 +83,8 @@ SERVERS = {
 COMMON_ENV = {"WORKERS": "2", "QUEUE_SIZE": "64", "LOG_LEVEL": "warning", "ACCESS_LOG": "false", "REQUEST_TIMEOUT_MS": "60000"}
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def load_avg() -> List[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def proc_loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return " ".join(map(str, load_avg()))
 
 
 class LoadSampler:
@@ -189,13 +178,7 @@ class Server:
         raise RuntimeError(f"server {self.name} not settled after {timeout} s: see {self.log_path}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def v1_request(model_id: str = MAIN, text: str = TEXT) -> bytes:
@@ -277,14 +260,6 @@ def ms_stats(latencies: Sequence[float]) -> Dict[str, float]:
             "mean_ms": round(float(a.mean()), 3)}
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += sum(psutil.Process(pid).cpu_times()[:2])
-    return total
-
-
 def measured_load(port: int, request: bytes, clients: int, duration: float, pids: Sequence[int], warmup_s: float = 0.0,
                   check: Optional[bytes] = None, max_requests: Optional[int] = None) -> LoadResult:
     """run_load, plus the CPU seconds the server (pids, children included) and this client spent on it."""
@@ -295,15 +270,6 @@ def measured_load(port: int, request: bytes, clients: int, duration: float, pids
     r.server_cpu_s = cpu_seconds(pids) - s0  # type: ignore[attr-defined]
     r.client_cpu_s = sum(me.cpu_times()[:2]) - c0  # type: ignore[attr-defined]
     return r
-
-
-def all_pids(pids: Sequence[int]) -> List[int]:
-    out = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p = psutil.Process(pid)
-            out += [pid] + [c.pid for c in p.children(recursive=True)]
-    return out
 
 
 def pooled(results: Sequence[LoadResult]) -> Dict[str, Any]:
@@ -351,18 +317,34 @@ def sha256_file(path: Path) -> str:
 
 
 # ---- TorchServe ----
+def ensure_venv(venv: Path, stamp: str, packages: Sequence[str], contents: str) -> Path:
+    """A peer's own virtual environment with `packages` installed, created once: the file `stamp` in it names the
+    versions it was installed for, so other versions install again."""
+    marker = venv / stamp
+    if not marker.exists():
+        log(f"creating {venv.name} ({contents}) ...")
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *packages], check=True)
+        marker.touch()
+    return venv
+
+
+def peer_env(venv: Path, extra: Mapping[str, str]) -> Dict[str, str]:
+    """A peer server's environment: this one's, with one intra-op thread per process (as ours runs), the peer's own
+    virtual environment first on PATH and not ours as VIRTUAL_ENV, and `extra`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra,
+           "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
 def ensure_torchserve() -> Path:
     """.venv-torchserve with torchserve 0.12.0, torch-model-archiver and the same torch wheel (created once per pair of
     versions)."""
-    stamp = TS_VENV / f".installed-{TS_VERSION}-torch-{TORCH_VERSION}"
-    if not stamp.exists():
-        log("creating .venv-torchserve (torchserve, torch-model-archiver, torch, tokenizers) ...")
-        if not (TS_VENV / "bin" / "python").exists():
-            subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(TS_VENV)], check=True)
-        subprocess.run([str(TS_VENV / "bin" / "pip"), "install", "--quiet", f"torch=={TORCH_VERSION}", f"torchserve=={TS_VERSION}",
-                        "torch-model-archiver", "tokenizers", "numpy"], check=True)
-        stamp.touch()
-    return TS_VENV
+    return ensure_venv(TS_VENV, f".installed-{TS_VERSION}-torch-{TORCH_VERSION}",
+                       [f"torch=={TORCH_VERSION}", f"torchserve=={TS_VERSION}", "torch-model-archiver", "tokenizers", "numpy"],
+                       "torchserve, torch-model-archiver, torch, tokenizers")
 
 
 def ts_name(workers: int, batch: int, delay: int) -> str:
@@ -402,10 +384,8 @@ class TorchServe:
             "vmargs=-Xmx512m -XX:+UseContainerSupport -XX:-UseLargePages",
         ]) + "\n"
         (TS_DIR / "config.properties").write_text(self.properties)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "TS_DISABLE_TOKEN_AUTHORIZATION": "true", "LOG_LOCATION": str(TS_DIR / "logs"),
-               "METRICS_LOCATION": str(TS_DIR / "logs"), "PATH": f"{TS_VENV / 'bin'}:{os.environ.get('PATH', '')}"}
-        env.pop("VIRTUAL_ENV", None)
+        env = peer_env(TS_VENV, {"TS_DISABLE_TOKEN_AUTHORIZATION": "true", "LOG_LOCATION": str(TS_DIR / "logs"),
+                                 "METRICS_LOCATION": str(TS_DIR / "logs")})
         command = [str(TS_VENV / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
                    "--ts-config", str(TS_DIR / "config.properties"), "--model-store", str(self.store)]
         self.log_path = TS_DIR / "torchserve.log"
@@ -468,35 +448,17 @@ class TorchServe:
         return round(time.monotonic() - self.started, 1)
 
     def pids(self) -> List[int]:
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return all_pids([self.proc.pid])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc)
 
 
 # ---- KServe ----
 def ensure_kserve() -> Path:
     """.venv-kserve with kserve, the same torch wheel and tokenizers (created once per pair of versions)."""
-    stamp = KSERVE_VENV / f".installed-{KSERVE_VERSION}-torch-{TORCH_VERSION}"
-    if not stamp.exists():
-        log("creating .venv-kserve (kserve, torch, tokenizers) ...")
-        if not (KSERVE_VENV / "bin" / "python").exists():
-            subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(KSERVE_VENV)], check=True)
-        subprocess.run([str(KSERVE_VENV / "bin" / "pip"), "install", "--quiet", f"torch=={TORCH_VERSION}", f"kserve=={KSERVE_VERSION}",
-                        "tokenizers", "numpy"], check=True)
-        stamp.touch()
-    return KSERVE_VENV
+    return ensure_venv(KSERVE_VENV, f".installed-{KSERVE_VERSION}-torch-{TORCH_VERSION}",
+                       [f"torch=={TORCH_VERSION}", f"kserve=={KSERVE_VERSION}", "tokenizers", "numpy"], "kserve, torch, tokenizers")
 
 
 def kserve_request(text: str = TEXT) -> bytes:
@@ -522,9 +484,7 @@ class KServe:
         self.key = peer_key(entry(MAIN)["artifact"], KSERVE_MODEL.read_text(encoding="utf-8"), settings, self.versions)
         workdir = CACHE / "kserve"
         workdir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PATH": f"{KSERVE_VENV / 'bin'}:{os.environ.get('PATH', '')}"}
-        env.pop("VIRTUAL_ENV", None)
+        env = peer_env(KSERVE_VENV, {})
         self.command = [str(KSERVE_VENV / "bin" / "python"), str(KSERVE_MODEL), "--model_name", MAIN, "--model_dir", str(folder),
                         "--sequence_length", str(SEQ), "--pad_token", pad, "--http_port", str(self.port),
                         "--workers", str(KSERVE_WORKERS), "--enable_grpc", "false", "--configure_logging", "false"]
@@ -556,14 +516,7 @@ class KServe:
         return all_pids([self.proc.pid])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc)
 
 
 def rss_mib(pids: Sequence[int]) -> float:

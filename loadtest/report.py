@@ -4,15 +4,18 @@ The blog's columns: models, sequential response range (min–max ms over `seq`),
 (min–max over `rnd`), throughput (req/s: the best closed-loop step of `bmk`, else what `open` completed), P90
 under load (the open loop's pooled P90, else the P90 of the bmk step with the best throughput), $/h (the plan's
 cost_per_hour). Then the plan's predicted P90 per server against the P90 measured in the open loop, where the
-rate a pod was sent is the rate the plan predicted at.
+rate a pod was sent is the rate the plan predicted at. Where a local Prometheus scraped the open loop's servers
+(loadtest/prometheus.py), its histogram_quantile P90 over the same window beside the load test's.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from contracts import ContractError, Plan, write_atomic, write_json_atomic
 from loadtest.stats import Curve, Sample, Summary, by_key, summarise
@@ -62,6 +65,8 @@ class Results:
     smoke_failures: List[str] = field(default_factory=list)  # loadtest.smoke.failure_lines
     cpu_ms_per_request: Dict[str, float] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    # loadtest.prometheus.PrometheusStep.outcome: status, reason and per server the figures over the open loop
+    prometheus: Optional[Dict[str, Any]] = None
 
 
 def fmt_ms(value: Optional[float]) -> str:
@@ -117,6 +122,41 @@ def server_rows(result: OpenLoopResult, plan: Optional[Plan], shared_by_replicas
     return rows
 
 
+def bucket_of(value_ms: Optional[float], bounds_s: List[float]) -> Optional[Tuple[float, Optional[float]]]:
+    """The histogram bucket (lower, upper] in ms that holds `value_ms`; upper None above the last finite bound."""
+    if value_ms is None or not bounds_s:
+        return None
+    lower = 0.0
+    for bound in sorted(bounds_s):
+        if value_ms <= bound * 1000.0:
+            return lower, bound * 1000.0
+        lower = bound * 1000.0
+    return lower, None
+
+
+def prometheus_rows(outcome: Dict[str, Any], result: OpenLoopResult) -> List[Dict[str, Any]]:
+    """Per scraped server: the load test's P90 of its open-loop requests beside Prometheus's over the same window,
+    and the requests each side counted (the load test: those the server answered with any status)."""
+    groups = by_key(result.samples, "server")
+    rows = []
+    for sid, figures in outcome.get("servers", {}).items():
+        samples = groups.get(sid, [])
+        summary = summarise(samples, result.window) if samples else None
+        measured = summary.latency_ms.get("p90") if summary and summary.latency_ms else None
+        scraped = figures.get("p90_ms")
+        rows.append({
+            "server": sid, "load_test_p90_ms": measured, "prometheus_p90_ms": scraped,
+            "ratio": scraped / measured if scraped is not None and measured else None,
+            "load_test_bucket_ms": bucket_of(measured, figures.get("buckets_s", [])),
+            "prometheus_bucket_ms": bucket_of(scraped, figures.get("buckets_s", [])),
+            "requests_answered": sum(1 for x in samples if x.status is not None),
+            "requests_counted": figures.get("requests_counted"), "requests_increase": figures.get("requests_increase"),
+            "range_s": figures.get("range_s"), "time": figures.get("time"), "first_scrape": figures.get("first_scrape"),
+            "why_none": figures.get("why_none"), "queries": figures.get("queries", {}),
+        })
+    return rows
+
+
 def open_server_rates(rates: Dict[str, float], server_of: Dict[str, str], plan: Optional[Plan],
                       choice: str) -> Tuple[str, Dict[str, float]]:
     """--open-server: the open loop's rates for one server's models only (the others 0). `choice` is a server id, or
@@ -163,6 +203,10 @@ def build(results: Results, plan: Optional[Plan], meta: Dict[str, Any]) -> Dict[
         summary = summarise(o.samples, o.window)
         modes["open"] = {"scale": o.scale, "duration_s": o.duration_s, "offered_rps": sum(o.offered_rps.values()),
                          **summary.to_dict(), "servers": server_rows(o, plan, bool(meta.get("base_url")))}
+        if results.prometheus is not None:
+            p = results.prometheus
+            modes["open"]["prometheus"] = {**{k: v for k, v in p.items() if k != "servers"},
+                                           "servers": prometheus_rows(p, o) if p.get("status") == "ran" else []}
         if summary.ok:
             p90_load, p90_source = summary.latency_ms.get("p90"), f"open loop at {_scale(o.scale)}"
             if throughput is None:
@@ -230,6 +274,8 @@ def markdown(report: Dict[str, Any]) -> str:
                       "holds no prediction at another rate. The prediction is for requests at the traced sequence length "
                       "(shorter texts are served faster) on the pod's own cores (locally they are shared with the other "
                       "servers and this load generator)."]
+        if "prometheus" in o:
+            lines += prometheus_markdown(o["prometheus"])
     if "bmk" in modes:
         lines += ["", "## Latency–throughput (closed loop)", "", "| concurrency | requests | errors | throughput | P50 | P90 | P95 | P99 |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -265,6 +311,44 @@ def markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PROMETHEUS_COLUMNS = ("server", "load test P90", "Prometheus P90", "Prometheus / load test", "bucket of the load test's P90",
+                      "requests: load test", "requests: Prometheus counter", "requests: increase()")
+
+
+def _bucket_text(bucket: Optional[List[Optional[float]]]) -> str:
+    if not bucket:
+        return "–"
+    lower, upper = bucket
+    return f"({lower:g}, {upper:g}] ms" if upper is not None else f"> {lower:g} ms"
+
+
+def prometheus_markdown(p: Dict[str, Any]) -> List[str]:
+    """The open loop's Prometheus table, or the one line that says why there is none."""
+    if p.get("status") != "ran":
+        return ["", f"Prometheus: {p.get('status', 'skipped')}: {p.get('reason')}."]
+    lines = ["", "### Prometheus over the same window", "",
+             f"A real Prometheus ({p.get('version') or p.get('binary')}) scraped each server every "
+             f"{p.get('scrape_interval_s', 0):g} s (labelled server=<id>, as the cluster's PodMonitor labels pods). Its P90 is "
+             "`histogram_quantile(0.9, sum by (le) (rate(modelfleet_request_seconds_bucket{server=\"<id>\"}[R])))` at the "
+             "first scrape after the open loop's last response, R reaching back just past the last scrape before its "
+             "start; the counter is `modelfleet_requests_total` read at those two scrapes, increase() its increase over R.", "",
+             "| " + " | ".join(PROMETHEUS_COLUMNS) + " |", "|" + " --- |" * len(PROMETHEUS_COLUMNS)]
+    for r in p.get("servers", []):
+        increase = r.get("requests_increase")
+        lines.append("| " + " | ".join([
+            r["server"], fmt_ms(r["load_test_p90_ms"]),
+            fmt_ms(r["prometheus_p90_ms"]) if r["prometheus_p90_ms"] is not None else f"– ({r.get('why_none')})",
+            f"{r['ratio']:.2f}" if r["ratio"] is not None else "–", _bucket_text(r["load_test_bucket_ms"]),
+            str(r["requests_answered"]), f"{r['requests_counted']:g}" if r["requests_counted"] is not None else "–",
+            f"{increase:.1f}" if increase is not None else "–"]) + " |")
+    lines += ["", "histogram_quantile does not see single requests: it finds the histogram bucket that holds the 90th "
+                  "percentile (the server's buckets, serving/metrics.py LATENCY_BUCKETS) and interpolates linearly inside "
+                  "it, so the two P90s are expected to agree only to within that bucket's width. The server also times a "
+                  "request from its arrival to its response, where the load test times it from its scheduled send to the "
+                  "last byte, so Prometheus's figure is a little lower."]
+    return lines
+
+
 def plot(report: Dict[str, Any], path: Path) -> Optional[Path]:
     """Latency (P50, P90, P99) against throughput for each bmk step, and the open loop's point; None when neither ran."""
     modes = report["modes"]
@@ -272,13 +356,7 @@ def plot(report: Dict[str, Any], path: Path) -> Optional[Path]:
     open_mode = modes.get("open") if modes.get("open", {}).get("ok") else None
     if not points and open_mode is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    try:
+    with png_figure(path, (7, 4.5)) as ax:
         if points:
             x = [p["throughput_rps"] for p in points]
             for name, style in (("p50", "o-"), ("p90", "s-"), ("p99", "^--")):
@@ -296,14 +374,28 @@ def plot(report: Dict[str, Any], path: Path) -> Optional[Path]:
         ax.set_xlim(left=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    return path
+
+
+@contextlib.contextmanager
+def png_figure(path: Path, figsize: Tuple[float, float], dpi: int = 110) -> Iterator[Any]:
+    """One pyplot axes to draw on; when the block ends without an error the figure is laid out and written to `path`
+    as a PNG, atomically, and it is closed either way (pyplot keeps every open figure). The report's plot and the
+    latency benchmark's use it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and none needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    try:
+        yield ax
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        write_atomic(path, png.getvalue())
     finally:
         plt.close(fig)
-    return path
 
 
 def write(report: Dict[str, Any], out: Path, plan_picture: Optional[Path] = None) -> Dict[str, Path]:

@@ -317,3 +317,21 @@ def _plan(servers: Dict[str, List[str]], p90: float, cost: float) -> dict:
                          "requests": {"cpu_m": 2000, "memory_mib": 1024}, "memory_budget_mib": 512,
                          "predicted": {"utilisation": 0.1, "p90_ms": p90}} for i, (sid, models) in enumerate(servers.items())],
             "profile_sources": {}}
+
+
+def test_png_figure_writes_only_a_finished_figure_and_leaves_none_open(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    open_before = len(plt.get_fignums())
+    out = tmp_path / "sub" / "p.png"
+    with reporting.png_figure(out, (3, 2), dpi=50) as ax:
+        ax.plot([0, 1], [1, 0])
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(out.read_bytes()[16:20], "big"), int.from_bytes(out.read_bytes()[20:24], "big")
+    assert (width, height) == (150, 100)  # figsize x dpi
+    broken = tmp_path / "broken.png"
+    with pytest.raises(RuntimeError, match="half drawn"), reporting.png_figure(broken, (3, 2)) as ax:
+        ax.plot([0, 1], [1, 0])
+        raise RuntimeError("half drawn")
+    assert not broken.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # no temporary file left
+    assert len(plt.get_fignums()) == open_before
