@@ -34,7 +34,17 @@ import numpy as np
 
 Z90 = 1.2815515655446004  # the standard normal's 0.9 quantile
 QUANTILE_POINTS = 96  # service-time grid for the convolution: enough for 0.1% accuracy at p90
-BISECTION_STEPS = 48
+# Bisection steps: a quantile to 2^-36 of its bracket (well under a microsecond for brackets of
+# seconds); a tier's cap to 2^-30 of utilisation. The caps are found for every tier at every
+# plan, inside the planner's time limit, so steps beyond the precision anyone reads are time lost.
+QUANTILE_STEPS = 36
+CAP_STEPS = 30
+
+
+def service_moments(extra, p50, sigma):
+    """E[S] and E[S^2] of S = extra + a lognormal of median p50 and log-sd sigma; floats or arrays."""
+    lognormal_mean = p50 * np.exp(sigma ** 2 / 2)
+    return extra + lognormal_mean, extra ** 2 + 2 * extra * lognormal_mean + p50 ** 2 * np.exp(2 * sigma ** 2)
 
 
 @dataclass(frozen=True)
@@ -51,13 +61,11 @@ class ServiceTime:
 
     @property
     def mean_ms(self) -> float:
-        return self.extra_ms + self.p50_ms * math.exp(self.sigma ** 2 / 2)
+        return float(service_moments(self.extra_ms, self.p50_ms, self.sigma)[0])
 
     @property
     def second_moment_ms2(self) -> float:
-        s2 = self.sigma ** 2
-        m = self.p50_ms
-        return self.extra_ms ** 2 + 2 * self.extra_ms * m * math.exp(s2 / 2) + m * m * math.exp(2 * s2)
+        return float(service_moments(self.extra_ms, self.p50_ms, self.sigma)[1])
 
     def quantiles(self, points: int = QUANTILE_POINTS) -> np.ndarray:
         """Service times at the midpoints of `points` equal-probability bands."""
@@ -153,16 +161,25 @@ def quantiles_of_sum(grid: np.ndarray, wait: Wait, q: float = 0.9) -> np.ndarray
     midpoints (ServiceTime.quantiles)."""
     if not wait.stable:
         return np.full(grid.shape[0], math.inf)
-    theta, pw = wait.mean_if_wait_ms, wait.p_wait
-    if pw <= 0 or theta <= 0:
-        theta, pw = 1.0, 0.0
+    rows = grid.shape[0]
+    return _quantiles_of_sums(grid, np.full(rows, wait.p_wait), np.full(rows, wait.mean_if_wait_ms), q)
+
+
+def _quantiles_of_sums(grid: np.ndarray, p_wait: np.ndarray, theta: np.ndarray, q: float) -> np.ndarray:
+    """Row k's q-quantile of W_k + S_k: W_k is 0 with probability 1 - p_wait[k], else exponential of
+    mean theta[k] (finite); S_k takes the values of grid[k] with equal probability. By bisection,
+    all rows at once."""
+    none = (p_wait <= 0) | (theta <= 0)
+    pw = np.where(none, 0.0, p_wait)[:, None]
+    th = np.where(none, 1.0, theta)[:, None]
     lo = grid.min(axis=1)
-    tail = theta * max(math.log(pw / (1 - q)), 0.0) + theta if pw > 0 else 0.0
+    with np.errstate(divide="ignore"):
+        tail = np.where(pw[:, 0] > 0, th[:, 0] * (np.maximum(np.log(pw[:, 0] / (1 - q)), 0.0) + 1.0), 0.0)
     hi = grid.max(axis=1) + tail + 1e-9
-    for _ in range(BISECTION_STEPS):
+    for _ in range(QUANTILE_STEPS):
         mid = (lo + hi) / 2
         slack = mid[:, None] - grid
-        cdf = np.where(slack >= 0, 1.0 - pw * np.exp(-np.maximum(slack, 0.0) / theta), 0.0).mean(axis=1)
+        cdf = np.where(slack >= 0, 1.0 - pw * np.exp(-np.maximum(slack, 0.0) / th), 0.0).mean(axis=1)
         below = cdf < q
         lo = np.where(below, mid, lo)
         hi = np.where(below, hi, mid)
@@ -218,16 +235,19 @@ class TierBound:
     @staticmethod
     def of(members: Iterable[Tuple[ServiceTime, float]]) -> TierBound:
         members = tuple(dict.fromkeys(members))
-        if not members:
+        return TierBound.of_arrays(np.array([s.extra_ms for s, _ in members]), np.array([s.p50_ms for s, _ in members]),
+                                   np.array([s.sigma for s, _ in members]), np.array([a for _, a in members]))
+
+    @staticmethod
+    def of_arrays(extra: np.ndarray, p50: np.ndarray, sigma: np.ndarray, after: np.ndarray) -> TierBound:
+        """TierBound.of over members given as arrays of their ServiceTime fields and after-queue times."""
+        if len(p50) == 0:
             return TierBound(1.0, 0.0, (), 0.0)
-        load = max(s.mean_ms / s.p50_ms for s, _ in members)
-        scale = max(s.second_moment_ms2 / (2 * s.mean_ms) for s, _ in members)
+        mean, second = service_moments(extra, p50, sigma)
         z = _normal_midpoints(QUANTILE_POINTS)
-        extra = np.array([s.extra_ms for s, _ in members])[:, None]
-        p50 = np.array([s.p50_ms for s, _ in members])[:, None]
-        sigma = np.array([s.sigma for s, _ in members])[:, None]
-        envelope = (extra + p50 * np.exp(sigma * z[None, :])).max(axis=0)
-        return TierBound(load, scale, tuple(envelope.tolist()), max(a for _, a in members))
+        envelope = (extra[:, None] + p50[:, None] * np.exp(sigma[:, None] * z[None, :])).max(axis=0)
+        return TierBound(float((mean / p50).max()), float((second / (2 * mean)).max()), tuple(envelope.tolist()),
+                         float(after.max()))
 
 
 def tier_p90_ms(cores: int, utilisation: float, bound: TierBound) -> float:
@@ -237,30 +257,57 @@ def tier_p90_ms(cores: int, utilisation: float, bound: TierBound) -> float:
     load and the wait's scale is at most wait_scale_ms, so this wait is stochastically the
     largest any mix of the tier's members can see; each member's response is then below the
     envelope's added to it."""
+    return float(tier_p90s_ms(cores, np.array([utilisation]), bound)[0])
+
+
+def tier_p90s_ms(cores: int, utilisations: np.ndarray, bound: TierBound) -> np.ndarray:
+    """tier_p90_ms at each of `utilisations`, in one pass."""
     if not bound.envelope:
-        return 0.0
-    a = utilisation * cores * bound.load_factor
-    if a >= cores:
-        return math.inf
-    wait = Wait(erlang_c(cores, a), bound.wait_scale_ms / (cores - a) if a > 0 else 0.0, a, cores)
-    return float(quantiles_of_sum(np.array([bound.envelope]), wait)[0]) + bound.after_ms
+        return np.zeros(len(utilisations))
+    a = np.asarray(utilisations, dtype=float) * cores * bound.load_factor
+    stable = a < cores
+    out = np.full(len(a), math.inf)
+    if stable.any():
+        a_in = a[stable]
+        theta = np.where(a_in > 0, bound.wait_scale_ms / np.maximum(cores - a_in, 1e-300), 0.0)
+        grid = np.broadcast_to(np.array(bound.envelope), (len(a_in), len(bound.envelope)))
+        out[stable] = _quantiles_of_sums(grid, erlang_c_of(cores, a_in), theta, 0.9) + bound.after_ms
+    return out
+
+
+def erlang_c_of(c: int, a: np.ndarray) -> np.ndarray:
+    """erlang_c at each offered load of `a`."""
+    a = np.asarray(a, dtype=float)
+    b = np.ones_like(a)
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    rho = a / c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = b / (1 - rho + rho * b)
+    return np.where(a <= 0, 0.0, np.where(a >= c, 1.0, out))
+
+
+CAP_GRID = 32  # utilisations tried at once per refinement of a cap
 
 
 def tier_utilisation_cap(cores: int, bound: TierBound, slo_ms: float, max_utilisation: float) -> float:
     """The largest planned utilisation (at most `max_utilisation`) at which every pod of the tier
-    predicts a P90 within `slo_ms`; 0 where even an idle pod cannot (a service p90 above the SLO)."""
-    if tier_p90_ms(cores, 0.0, bound) > slo_ms:
+    predicts a P90 within `slo_ms`; 0 where even an idle pod cannot (a service p90 above the SLO).
+
+    The P90 grows with utilisation, so the cap is bracketed on a grid of CAP_GRID utilisations and
+    the bracket refined the same way, each time keeping the highest utilisation that meets the SLO."""
+    ends = tier_p90s_ms(cores, np.array([0.0, max_utilisation]), bound)
+    if ends[0] > slo_ms:
         return 0.0
-    if math.isinf(slo_ms) or tier_p90_ms(cores, max_utilisation, bound) <= slo_ms:
+    if math.isinf(slo_ms) or ends[1] <= slo_ms:
         return max_utilisation
     lo, hi = 0.0, max_utilisation
-    for _ in range(BISECTION_STEPS):
-        mid = (lo + hi) / 2
-        if tier_p90_ms(cores, mid, bound) <= slo_ms:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    while hi - lo > max_utilisation * 2.0 ** -CAP_STEPS:
+        grid = np.linspace(lo, hi, CAP_GRID + 1)[1:-1]
+        meets = tier_p90s_ms(cores, grid, bound) <= slo_ms
+        k = len(grid) if meets.all() else int(np.argmin(meets))  # the first k meet the SLO
+        lo, hi = (grid[k - 1] if k else lo), (grid[k] if k < len(grid) else hi)
+    return float(lo)
 
 
 def mmc_p90_ms(cores: int, utilisation: float, mean_ms: float, slowest_p90_ms: float) -> float:

@@ -96,11 +96,19 @@ def tiered_shapes(shapes: Sequence[NodeShape], slo: np.ndarray, p50: Dict[str, n
         key = (proc, shape.cores_per_device, shape.request_cpu_ms, sigma, tuple(pairs))
         if key not in cache:
             services = [service_of(shape, a, q) for a, q in pairs]
+            # The members as arrays, so that each ceiling's bound is a mask, not a loop.
+            extra = np.array([s.extra_ms for s, _ in services])
+            s50 = np.array([s.p50_ms for s, _ in services])
+            sigma_of = np.array([s.sigma for s, _ in services])
+            after = np.array([a for _, a in services])
+            reach = np.array([s.p90_ms for s, _ in services]) + extra + after
 
-            def cap_of(ceiling: float, services=services, cores=shape.cores_per_device) -> float:
-                inside = [(s, after) for s, after in services
-                          if s.p90_ms + s.extra_ms + after <= ceiling * (1 + TOLERANCE)]
-                return tier_utilisation_cap(cores, TierBound.of(inside), sigma, max_utilisation) if inside else 0.0
+            def cap_of(ceiling: float, cores=shape.cores_per_device) -> float:
+                inside = reach <= ceiling * (1 + TOLERANCE)
+                if not inside.any():
+                    return 0.0
+                bound = TierBound.of_arrays(extra[inside], s50[inside], sigma_of[inside], after[inside])
+                return tier_utilisation_cap(cores, bound, sigma, max_utilisation)
 
             cache[key] = _ceilings(services, cap_of)
         return cache[key]
