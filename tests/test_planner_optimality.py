@@ -218,7 +218,7 @@ EXACT_CAP_GIB = 2.0  # --max-device-memory-gib: a pod holds 2048 MiB of models
 EXACT_UTIL = 0.8
 EXACT_LATENCY_MS = 40.0  # with 4 cores: u = rps / 100, so a pair's rps sum to 80
 EXACT_PRICE = 0.25
-EXACT_SEEDS = [(11, 10), (12, 20), (13, 30)]  # (seed, pairs)
+EXACT_SEEDS = [(11, 10), (12, 20), (13, 30), (14, 50)]  # (seed, pairs): 20 and 50 bins, as the issue asks
 
 
 def exact_fill_items(seed: int, pairs: int) -> List[Tuple[int, float]]:
