@@ -1,14 +1,15 @@
-"""One plan server: Deployment, Service, ConfigMap, HPA, PodDisruptionBudget and its HTTPRoutes."""
+"""One plan server: Deployment, Service, ConfigMap, HPA or KEDA ScaledObject, PodDisruptionBudget and its HTTPRoutes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 from cdk8s_plus_36 import k8s
 from constructs import Construct
 
 from charts import constants as c
 from charts import naming
+from charts.autoscaling import SCALE_DOWN_STABILIZATION_SECONDS, KedaScaledObject, QueueScaling, scaled_object_spec
 from charts.routes import ServerRoutes, ServerRoutesProps
 from contracts import Server
 from contracts.pod import pod_env
@@ -34,6 +35,7 @@ class ModelServerProps:
     cpu_target_percent: int = 70
     startup: StartupBudget = StartupBudget()
     service_account: str = c.SERVICE_ACCOUNT
+    queue_scaling: Optional[QueueScaling] = None  # set: a KEDA ScaledObject on requests in flight, not the CPU HPA
 
 
 def _q(value: str) -> k8s.Quantity:
@@ -151,9 +153,10 @@ class ModelServer(Construct):
         )
         self.deployment = k8s.KubeDeployment(
             self, "deployment", metadata=meta(s.id),
-            # No replicas: the HPA owns the count (its minimum is the plan's replicas). Helm 4 applies
-            # server-side, and a replicas field here would conflict with the HPA's field manager on the first
-            # upgrade after a scale-out. A new Deployment starts at one pod until the HPA raises it.
+            # No replicas: the HPA (or the one KEDA makes for the ScaledObject) owns the count (its minimum is
+            # the plan's replicas). Helm 4 applies server-side, and a replicas field here would conflict with the
+            # HPA's field manager on the first upgrade after a scale-out. A new Deployment starts at one pod until
+            # the HPA raises it.
             spec=k8s.DeploymentSpec(
                 revision_history_limit=3,
                 # A pod may load for the whole startup budget before the rollout counts as stuck.
@@ -174,18 +177,24 @@ class ModelServer(Construct):
                 k8s.ServicePort(name=c.PORT_NAME, port=c.PORT, target_port=_port(), protocol="TCP")]))
 
         low, high = naming.hpa_bounds(s.replicas, props.hpa_max)
-        # CPU is what the HPA can see without a metrics adapter. On cpu servers it tracks inference load;
-        # on gpu/inf1/inf2 the device does the work and host CPU is a weak proxy (tokenising, batching):
-        # scale on the server's queue metrics through an adapter when one is installed.
-        self.hpa = k8s.KubeHorizontalPodAutoscalerV2(
-            self, "hpa", metadata=meta(s.id),
-            spec=k8s.HorizontalPodAutoscalerSpecV2(
-                scale_target_ref=k8s.CrossVersionObjectReferenceV2(api_version="apps/v1", kind="Deployment", name=s.id),
-                min_replicas=low, max_replicas=high,
-                metrics=[k8s.MetricSpecV2(type="Resource", resource=k8s.ResourceMetricSourceV2(
-                    name="cpu", target=k8s.MetricTargetV2(type="Utilization", average_utilization=props.cpu_target_percent)))],
-                behavior=k8s.HorizontalPodAutoscalerBehaviorV2(
-                    scale_down=k8s.HpaScalingRulesV2(stabilization_window_seconds=600))))
+        # One autoscaler per Deployment, never two (they would fight over its replicas). On cpu servers CPU is
+        # the inference load, and metrics-server alone shows it to the HPA; on gpu/inf1/inf2 the device does the
+        # work and host CPU barely moves, so they scale on requests in flight through KEDA (charts.autoscaling).
+        self.hpa: Optional[k8s.KubeHorizontalPodAutoscalerV2] = None
+        self.scaled_object: Optional[KedaScaledObject] = None
+        if props.queue_scaling is not None:
+            self.scaled_object = KedaScaledObject(self, "scaledobject", name=s.id, namespace=ns, labels=labels,
+                                                  spec=scaled_object_spec(s.id, ns, low, high, props.queue_scaling))
+        else:
+            self.hpa = k8s.KubeHorizontalPodAutoscalerV2(
+                self, "hpa", metadata=meta(s.id),
+                spec=k8s.HorizontalPodAutoscalerSpecV2(
+                    scale_target_ref=k8s.CrossVersionObjectReferenceV2(api_version="apps/v1", kind="Deployment", name=s.id),
+                    min_replicas=low, max_replicas=high,
+                    metrics=[k8s.MetricSpecV2(type="Resource", resource=k8s.ResourceMetricSourceV2(
+                        name="cpu", target=k8s.MetricTargetV2(type="Utilization", average_utilization=props.cpu_target_percent)))],
+                    behavior=k8s.HorizontalPodAutoscalerBehaviorV2(
+                        scale_down=k8s.HpaScalingRulesV2(stabilization_window_seconds=SCALE_DOWN_STABILIZATION_SECONDS))))
 
         # maxUnavailable 1: a drain may always evict one pod, so a single-replica server never blocks it.
         self.pdb = k8s.KubePodDisruptionBudget(

@@ -25,6 +25,7 @@ import cdk8s
 
 from charts import constants as c
 from charts import naming, yamltext
+from charts.autoscaling import QueueScaling, inflight_targets
 from charts.cluster import ClusterWide, ClusterWideProps
 from charts.config import EnvConfig, helm_values
 from charts.routes import routes_document
@@ -128,9 +129,11 @@ def hpa_maxima(plan: Plan, instances: InstanceCatalogue, config: EnvConfig) -> D
             for s in plan.servers}
 
 
-def build_servers(plan: Plan, config: EnvConfig, hpa_max: Optional[Dict[str, int]] = None) -> Dict[str, List[dict]]:
+def build_servers(plan: Plan, config: EnvConfig, hpa_max: Optional[Dict[str, int]] = None,
+                  inflight: Optional[Dict[str, float]] = None) -> Dict[str, List[dict]]:
     """Each server's objects (with placeholders), in plan order. `hpa_max`: per server (hpa_maxima); without
-    it, the config's maximum."""
+    it, the config's maximum. `inflight`: the servers that scale with KEDA, each with its in-flight target
+    (charts.autoscaling.inflight_targets); the others get the CPU HPA."""
     st = config.startup
     startup = StartupBudget(base_seconds=st.base_seconds, seconds_per_model=st.seconds_per_model,
                             load_mib_per_second=st.load_mib_per_second, period_seconds=st.period_seconds)
@@ -144,33 +147,36 @@ def build_servers(plan: Plan, config: EnvConfig, hpa_max: Optional[Dict[str, int
                 server=s, namespace=config.namespace, image=image, store_uri=placeholder("storeUri"),
                 gateway_name=config.gateway.name, gateway_host=config.gateway.host,
                 hpa_max=(hpa_max or {}).get(s.id, config.replicas.hpa_max),
-                cpu_target_percent=config.replicas.cpu_target_percent, startup=startup))
+                cpu_target_percent=config.replicas.cpu_target_percent, startup=startup,
+                queue_scaling=QueueScaling(inflight[s.id], c.prometheus_url(config.monitoring_namespace))
+                if s.id in (inflight or {}) else None))
         for obj in chart.to_json():
             out[obj["metadata"]["labels"][c.SERVER_LABEL]].append(obj)
     return out
 
 
 def _build_slice(servers: List[Dict[str, Any]], config: Dict[str, Any], hpa_max: Dict[str, int],
-                 type_checks: bool) -> Dict[str, List[dict]]:
+                 inflight: Dict[str, float], type_checks: bool) -> Dict[str, List[dict]]:
     """A worker process's share (spawned: a fresh Python and its own Node)."""
     if not type_checks:
         skip_jsii_type_checks(force=True)
     plan = Plan.model_construct(servers=[Server.model_validate(x) for x in servers])
-    return build_servers(plan, EnvConfig.model_validate(config), hpa_max)
+    return build_servers(plan, EnvConfig.model_validate(config), hpa_max, inflight)
 
 
 def build_servers_parallel(plan: Plan, config: EnvConfig, jobs: int,
-                           hpa_max: Optional[Dict[str, int]] = None) -> Dict[str, List[dict]]:
+                           hpa_max: Optional[Dict[str, int]] = None,
+                           inflight: Optional[Dict[str, float]] = None) -> Dict[str, List[dict]]:
     """The same as build_servers, in `jobs` processes (each Node kernel runs single-threaded)."""
     if jobs <= 1 or len(plan.servers) < 4 * SERVERS_PER_APP:
-        return build_servers(plan, config, hpa_max)
+        return build_servers(plan, config, hpa_max, inflight)
     type_checks = type_checks_on()
     servers = [s.model_dump(mode="json") for s in plan.servers]
     step = -(-len(servers) // jobs)
     out: Dict[str, List[dict]] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_build_slice, servers[i:i + step], config.model_dump(mode="json"), dict(hpa_max or {}),
-                               type_checks)
+                               dict(inflight or {}), type_checks)
                    for i in range(0, len(servers), step)]
         for f in futures:
             out.update(f.result())
@@ -283,7 +289,8 @@ def synth(plan_path: Path, config_path: Path, out: Path, instances_path: Path = 
     digest = hashlib.sha256(Path(plan_path).read_bytes()).hexdigest()
     say(f"{len(plan.servers)} servers: building")
     cluster = build_cluster(config)
-    servers = build_servers_parallel(plan, config, jobs, hpa_maxima(plan, instances, config))
+    servers = build_servers_parallel(plan, config, jobs, hpa_maxima(plan, instances, config),
+                                     inflight_targets(plan, instances, config.autoscaling))
     say("writing")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))

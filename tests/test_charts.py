@@ -28,6 +28,7 @@ from charts.cli import main as charts_main
 from charts.config import EnvConfig
 from charts.synth import MARKER, synth
 from contracts import Plan, Routes, load
+from tests.shared_checker import run_check_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -134,7 +135,7 @@ def test_layout(hand):
 def test_every_core_object_is_valid_for_kubernetes_1_36(hand_docs):
     kinds = set()
     for d in hand_docs:
-        if d["kind"] in GATEWAY_KINDS:
+        if d["kind"] in GATEWAY_KINDS or d["kind"] == "ScaledObject":  # KEDA's: tests/test_autoscaling.py
             continue
         kubernetes_validate.validate(d, "1.36.0", strict=True)
         kinds.add(d["kind"])
@@ -228,10 +229,11 @@ def test_http_routes_stay_within_128_matches_and_cover_every_model_once(hand_doc
     assert len(by_kind(server_docs(hand_docs, "inf2-0000"), "HTTPRoute")) == 3  # 130 models: 64 + 64 + 2
 
 
-def test_shared_checker_passes(hand, planned):
+def test_shared_checker_passes(hand, planned, tmp_path):
+    """With KEDA's CRD beside the shared ones (tests/shared_checker.py): accelerator servers have ScaledObjects."""
+    assert CHECKER.is_file()
     for plan, dist in ((hand[0] / "plan.json", hand[0] / "dist"), (planned / "plan.json", planned / "dist")):
-        r = subprocess.run([sys.executable, str(CHECKER), str(plan), str(INSTANCES), str(dist)],
-                           capture_output=True, text=True, timeout=280)
+        r = run_check_manifests(plan, INSTANCES, dist, tmp_path, extra_crds=["keda-v2.20.2"])
         assert r.returncode == 0, r.stdout + r.stderr
         assert "objects valid" in r.stdout
 
@@ -241,10 +243,11 @@ def test_planned_plan_manifests_match_the_plan(planned):
     docs = load_docs(planned / "dist" / "manifests")
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
     assert set(deployments) == {s.id for s in plan.servers}
-    hpas = {d["metadata"]["name"]: d for d in by_kind(docs, "HorizontalPodAutoscaler")}
+    minima = {d["metadata"]["name"]: d["spec"]["minReplicas"] for d in by_kind(docs, "HorizontalPodAutoscaler")}
+    minima.update({d["metadata"]["name"]: d["spec"]["minReplicaCount"] for d in by_kind(docs, "ScaledObject")})
     for s in plan.servers:
         spec = deployments[s.id]["spec"]
-        assert "replicas" not in spec and hpas[s.id]["spec"]["minReplicas"] == s.replicas  # the HPA owns the count
+        assert "replicas" not in spec and minima[s.id] == s.replicas  # the HPA (or KEDA's) owns the count
         assert spec["template"]["spec"]["nodeSelector"] == {c.INSTANCE_TYPE_LABEL: s.instance_type}
 
 
@@ -337,11 +340,17 @@ def test_spread_service_hpa_pdb(hand_docs):
         (svc,) = by_kind(docs, "Service")
         assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["ports"][0]["port"] == 8080
         assert svc["spec"]["selector"] == {c.SERVER_LABEL: s["id"]}
-        (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
-        assert hpa["apiVersion"] == "autoscaling/v2"
-        assert hpa["spec"]["minReplicas"] == s["replicas"]
-        assert hpa["spec"]["maxReplicas"] == HAND_HPA_MAX[s["id"]]
-        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        if s["processor"] == "cpu":
+            (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+            assert hpa["apiVersion"] == "autoscaling/v2" and not by_kind(docs, "ScaledObject")
+            assert hpa["spec"]["minReplicas"] == s["replicas"]
+            assert hpa["spec"]["maxReplicas"] == HAND_HPA_MAX[s["id"]]
+            assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        else:  # accelerators scale on requests in flight through KEDA (tests/test_autoscaling.py), within the same bounds
+            (so,) = by_kind(docs, "ScaledObject")
+            assert so["apiVersion"] == "keda.sh/v1alpha1" and not by_kind(docs, "HorizontalPodAutoscaler")
+            assert so["spec"]["minReplicaCount"] == s["replicas"]
+            assert so["spec"]["maxReplicaCount"] == HAND_HPA_MAX[s["id"]]
         (pdb,) = by_kind(docs, "PodDisruptionBudget")
         assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
 
@@ -463,8 +472,9 @@ def _helm(tools, *args):
 
 def test_real_helm_lints_and_renders_every_shard_and_no_hpa_target_sets_replicas(hand, planned, helm_tools, tmp_path):
     """`helm lint --strict` and `helm template` with real values (Kubernetes 1.36) of every shard of both plans;
-    in what Helm renders, every Deployment is owned by an HPA and none sets spec.replicas (Helm 4 applies
-    server-side: a replicas field would conflict with the HPA's field manager on the next upgrade).
+    in what Helm renders, every Deployment is owned by one autoscaler, an HPA or a KEDA ScaledObject (whose HPA
+    KEDA makes), never both, and none sets spec.replicas (Helm 4 applies server-side: a replicas field would
+    conflict with the HPA's field manager on the next upgrade).
     `kubectl apply --dry-run=client` cannot run here: it reads the API server's discovery and schemas, and no
     API server is reachable; the objects are validated with kubernetes-validate and the shared checker instead."""
     values = tmp_path / "real-values.yaml"
@@ -477,8 +487,10 @@ def test_real_helm_lints_and_renders_every_shard_and_no_hpa_target_sets_replicas
                          "1.36.0", "--values", str(values))
             rendered += [d for d in yaml.safe_load_all(text) if d]
         deployments = {d["metadata"]["name"]: d for d in by_kind(rendered, "Deployment")}
-        targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(rendered, "HorizontalPodAutoscaler")}
-        assert deployments and set(deployments) == targets
+        targets = [h["spec"]["scaleTargetRef"]["name"] for h in by_kind(rendered, "HorizontalPodAutoscaler")
+                   + by_kind(rendered, "ScaledObject")]
+        assert deployments and sorted(deployments) == sorted(targets)  # each once: never an HPA and a ScaledObject
+        assert by_kind(rendered, "ScaledObject") and by_kind(rendered, "HorizontalPodAutoscaler")
         assert [n for n, d in deployments.items() if "replicas" in d["spec"]] == []
         for d in deployments.values():
             (ctr,) = d["spec"]["template"]["spec"]["containers"]
@@ -684,10 +696,12 @@ def test_yamltext_reads_back_as_written(obj):
 
 def test_written_yaml_reads_back_as_built(hand):
     """Every manifest file is the built objects (yamltext vs PyYAML's reader)."""
+    from charts.autoscaling import inflight_targets
     from charts.synth import build_servers, hpa_maxima, load_inputs, render_text, templated
 
     plan, config, instances = load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
-    built = build_servers(plan, config, hpa_maxima(plan, instances, config))
+    built = build_servers(plan, config, hpa_maxima(plan, instances, config),
+                          inflight_targets(plan, instances, config.autoscaling))
     values = {"images": {p: {"repository": i.repository, "tag": i.tag} for p, i in config.images.items()},
               "storeUri": config.store_uri, "roleArn": config.irsa.role_arn}
     for sid, objs in built.items():
@@ -702,8 +716,10 @@ def test_parallel_build_gives_the_same_objects(hand, monkeypatch):
 
     plan, config, instances = synth_module.load_inputs(hand[0] / "plan.json", DEV, INSTANCES)
     maxima = synth_module.hpa_maxima(plan, instances, config)
+    inflight = synth_module.inflight_targets(plan, instances, config.autoscaling)
     monkeypatch.setattr(synth_module, "SERVERS_PER_APP", 1)  # parallel from 4 servers on
-    assert synth_module.build_servers_parallel(plan, config, 2, maxima) == synth_module.build_servers(plan, config, maxima)
+    assert synth_module.build_servers_parallel(plan, config, 2, maxima, inflight) == \
+        synth_module.build_servers(plan, config, maxima, inflight)
 
 
 def test_models_hash_changes_only_when_a_servers_model_set_changes(tmp_path):
