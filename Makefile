@@ -11,7 +11,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test bench-pack bench-replan bench-trace bench-serve bench-latency lint clean checkov-env
+.PHONY: demo test bench-pack bench-replan bench-trace bench-serve bench-latency lint clean checkov-env promtool
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,7 +71,14 @@ demo: $(STAMP) node_modules/.bin/cdk
 	@echo "demo outputs: $(OUT)/store (artifacts), $(OUT)/plan.json + plan.png, $(OUT)/mixed-3040-plan.json + .png,"
 	@echo "  $(OUT)/dist (manifests), $(OUT)/cdk.out (templates), $(REPORT)/report.md with plan.png and latency_throughput.png"
 
-test: $(STAMP) $(CHECKOV_STAMP)
+# promtool (Debian's prometheus package) checks and unit-tests the generated alert rules (tests/test_monitoring.py).
+# Soft: where it cannot be installed (not root, no apt), those tests skip and say why.
+promtool:
+	@command -v promtool >/dev/null || (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null)) || \
+		echo "promtool could not be installed: the rule tests will skip"
+
+test: $(STAMP) $(CHECKOV_STAMP) promtool
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile
 

@@ -89,3 +89,10 @@ MAX_RULES_PER_ROUTE = 16
 # so template + rendered manifest stay below ~0.5 MiB before gzip even in the worst case.
 SHARD_TEMPLATE_BUDGET_BYTES = 200 * 1024
 HELM_RELEASE_LIMIT_BYTES = 1024 * 1024
+
+# kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules by `release: <its Helm release>`
+# (podMonitorSelectorNilUsesHelmValues and ruleSelectorNilUsesHelmValues are true by default): every monitoring
+# object carries this label, so install the stack as release "kube-prometheus-stack" (or make it select all).
+MONITORING_RELEASE_LABEL: Dict[str, str] = {"release": "kube-prometheus-stack"}
+# The label kube-prometheus-stack's Grafana sidecar loads dashboards by (its default, in every namespace).
+GRAFANA_DASHBOARD_LABEL: Dict[str, str] = {"grafana_dashboard": "1"}

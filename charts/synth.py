@@ -28,6 +28,7 @@ from charts import naming, yamltext
 from charts.autoscaling import QueueScaling, inflight_targets
 from charts.cluster import ClusterWide, ClusterWideProps
 from charts.config import EnvConfig, helm_values
+from charts.monitoring import monitoring_files
 from charts.routes import routes_document
 from charts.server import ModelServer, ModelServerProps, StartupBudget
 from charts.typecheck import skip_jsii_type_checks, type_checks_on
@@ -296,6 +297,9 @@ def synth(plan_path: Path, config_path: Path, out: Path, instances_path: Path = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         result = write_dist(tmp, plan, digest, config, cluster, servers, budget)
+        # dist/monitoring/: kube-prometheus-stack's kinds, apart from manifests/ (charts/monitoring.py)
+        for rel, text in monitoring_files(plan, config).items():
+            _write(tmp, rel, text)
         result.seconds = round(time.perf_counter() - t0, 3)
         (tmp / "summary.json").write_text(json.dumps(
             {"plan_sha256": digest, "environment": config.environment, **result.to_json()}, indent=1) + "\n")

@@ -93,8 +93,10 @@ class ServingMiddleware:
                 status = message["status"]
             await send(message)
 
+        # Labelled as in the request metrics: an id not assigned here is "unknown", so labels stay bounded.
+        label = model_id if model_id in state.repository else "unknown"
         state.inflight += 1
-        state.metrics.inflight.inc()
+        state.metrics.request_started(label)
         arrival = state.plane.arrive(model_id)
         try:
             if state.shutting_down:
@@ -111,8 +113,7 @@ class ServingMiddleware:
         finally:
             state.plane.settle(arrival)
             state.inflight -= 1
-            state.metrics.inflight.dec()
-            label = model_id if model_id in state.repository else "unknown"
+            state.metrics.request_finished(label)
             state.metrics.request(label, protocol, status, time.monotonic() - started)
 
 
@@ -140,9 +141,10 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     """The server's ASGI app. Its lifespan starts loading the models in the background and stops the batchers."""
-    metrics = Metrics()
+    metrics = Metrics(settings.model_ids, settings.memory_budget_mib)
     holder: Dict[str, ServerState] = {}
-    repository = ModelRepository(settings.model_ids, on_change=lambda: holder["state"].update_model_gauges())
+    repository = ModelRepository(settings.model_ids, on_change=lambda: holder["state"].update_model_gauges(),
+                                 on_fail=metrics.load_failed)
     loader = ModelLoader(settings, repository)
     plane = DataPlane(settings, repository, metrics)
     state = ServerState(settings, repository, loader, plane, metrics)

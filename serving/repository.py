@@ -27,11 +27,14 @@ class ModelRecord:
 
 
 class ModelRepository:
-    """The records of one server's models, in MODEL_IDS order. `on_change` runs after a model turns ready or failed."""
+    """The records of one server's models, in MODEL_IDS order. `on_change` runs after a model turns ready or failed;
+    `on_fail` with the model's id each time a model turns failed (once per model: a failed model stays failed)."""
 
-    def __init__(self, model_ids: Iterable[str], on_change: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, model_ids: Iterable[str], on_change: Optional[Callable[[], None]] = None,
+                 on_fail: Optional[Callable[[str], None]] = None) -> None:
         self.records: Dict[str, ModelRecord] = {m: ModelRecord(m) for m in model_ids}
         self._on_change = on_change
+        self._on_fail = on_fail
         self._lock = threading.Lock()
 
     # ---- reading state (any thread) ----
@@ -86,9 +89,12 @@ class ModelRepository:
         for model_id in model_ids:
             with self._lock:
                 record = self.records[model_id]
+                newly = record.state != FAILED
                 record.state, record.detail = FAILED, reason
             if not logged:
                 log.error("model %s failed: %s", model_id, reason)
+            if newly and self._on_fail is not None:
+                self._on_fail(model_id)
             self._changed()
 
     def _changed(self) -> None:

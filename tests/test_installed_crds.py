@@ -14,6 +14,7 @@ import yaml
 
 import charts  # noqa: F401  (quiets jsii's banner)
 from charts.synth import synth
+from tests.crd_schemas import served_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLED = ROOT / "tests" / "crds" / "envoy-gateway-v1.7.4"
@@ -22,13 +23,7 @@ GATEWAY_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "EnvoyProxy"}
 
 @pytest.fixture(scope="module")
 def installed_schemas():
-    out = {}
-    for p in INSTALLED.glob("*.json"):
-        crd = json.loads(p.read_text(encoding="utf-8"))
-        for v in crd["spec"]["versions"]:
-            if v.get("served", True):
-                out[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
-    return out
+    return served_schemas(INSTALLED)
 
 
 @pytest.fixture(scope="module")
