@@ -45,7 +45,7 @@ DEMO_CONTEXT := Serving thousands of small language models on a few machines is 
 	or heavy, and how the answer changes when a fast model shares its pod with a slow one, or when a pod has two \
 	inference threads instead of one, or when the machine that runs it is busy with other work at the same time.
 
-demo: $(STAMP) node_modules/.bin/cdk
+demo: $(STAMP) node_modules/.bin/cdk promtool
 	@echo "== 1/7 trace: 20 models from 3 sources, traced for cpu and profiled into $(OUT)/store"
 	$(PY) -m tracing trace --models $(DEMO_MODELS) --processor cpu --store $(OUT)/store --reps 10
 	@echo "== 2/7 pack: the 20 models on c5 from their measured profiles -> $(OUT)/plan.json, $(OUT)/plan.png"
@@ -63,10 +63,11 @@ demo: $(STAMP) node_modules/.bin/cdk
 	@echo "== 6/7 deploy: one server process per plan server on 127.0.0.1, two inference threads each as a c5 slice has two vCPUs"
 	$(PY) -m deploy start --plan $(OUT)/plan.json --store $(OUT)/store --state-dir $(STATE) --workers 2
 	@echo "== 7/7 load test: seq, rnd, a closed-loop sweep, and an open loop at the plan's rates against one server, whose"
-	@echo "   predicted P90 is then compared with the measured one at the rate it was predicted at -> $(REPORT)/"
+	@echo "   predicted P90 is then compared with the measured one at the rate it was predicted at, and with a real"
+	@echo "   Prometheus's P90 from scraping that server (skipped, with the reason, where prometheus is not installed) -> $(REPORT)/"
 	$(PY) -m loadtest seq rnd bmk open --routes $(STATE)/routes.json --plan $(OUT)/plan.json --models $(DEMO_MODELS) \
 		--out $(REPORT) --count 40 --concurrency 1,2,4 --step-duration 5 --scale 1 --open-server auto --duration 30 \
-		--context "$(DEMO_CONTEXT)"; \
+		--prometheus auto --context "$(DEMO_CONTEXT)"; \
 		status=$$?; $(PY) -m deploy stop --state-dir $(STATE); exit $$status
 	@echo "demo outputs: $(OUT)/store (artifacts), $(OUT)/plan.json + plan.png, $(OUT)/mixed-3040-plan.json + .png,"
 	@echo "  $(OUT)/dist (manifests), $(OUT)/cdk.out (templates), $(REPORT)/report.md with plan.png and latency_throughput.png"

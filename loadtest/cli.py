@@ -11,6 +11,10 @@ Modes (any of them, in this order whatever order they are given in):
          for --duration s; each server's measured P90 against the plan's predicted P90
 Default: seq rnd bmk, and open where --models or --rate gives the request rates.
 
+With open, --prometheus auto (the default) also runs a real Prometheus (when the binary is installed) that scrapes
+the servers the open loop drives, and the report puts its histogram_quantile P90 over the open loop's window beside
+the load test's (loadtest/prometheus.py).
+
 Exit status: 0; 1 when smoke found a server that did not answer, when a mode's error rate exceeds
 --max-error-rate, or when no request succeeded; 2 for a bad input (routes.json, plan, catalogue, flag).
 """
@@ -26,7 +30,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from contracts import ContractError
 from loadtest import report as reporting
-from loadtest.client import Client
+from loadtest.client import Client, now
+from loadtest.prometheus import MODES as PROMETHEUS_MODES
+from loadtest.prometheus import PrometheusStep
 from loadtest.runner import DEFAULT_CONTEXT, DEFAULT_TEXT, RequestSpec, closed_loop, open_loop, sequential
 from loadtest.smoke import failure_lines, smoke
 from loadtest.stats import Curve, Sample, poisson_schedule, random_models, summarise
@@ -55,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open-server", default=None, metavar="ID|auto",
                    help="open: only this server's models get their rates (auto: the plan's busiest one-replica server at "
                         "or below 70%% predicted utilisation), so its pod is sent the rate the plan predicts its P90 at")
+    p.add_argument("--prometheus", choices=PROMETHEUS_MODES, default="auto",
+                   help="open: a real Prometheus scrapes the open loop's servers every second and the report puts its "
+                        "P90 beside the load test's; auto: when the binary is installed (else the report says it was "
+                        "skipped and why), required: fail without it (default auto)")
+    p.add_argument("--prometheus-bin", default="prometheus", metavar="PATH",
+                   help="the prometheus executable, a path or a name on PATH (default prometheus)")
     p.add_argument("--max-requests", type=int, default=100_000, help="most requests of any one mode or bmk step (default 100000)")
     p.add_argument("--time-limit", type=float, default=1800.0, help="seconds for the whole run; modes stop when it passes (default 1800)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
@@ -145,7 +157,8 @@ def open_rates(targets: Sequence[Target], catalogue: Dict[str, float], scale: fl
 
 
 async def run(args: argparse.Namespace, modes: List[str], targets: List[Target], rates: Dict[str, float],
-              catalogue: Dict[str, float], progress: Progress, server_urls: Optional[Dict[str, str]] = None) -> reporting.Results:
+              catalogue: Dict[str, float], progress: Progress, server_urls: Optional[Dict[str, str]] = None,
+              prometheus: Optional[PrometheusStep] = None) -> reporting.Results:
     results = reporting.Results(models=len(targets), servers=len({t.server for t in targets}))
     spec = RequestSpec(text=args.text, timeout_s=args.timeout, context=args.context or None)
     deadline = time.perf_counter() + args.time_limit
@@ -189,11 +202,16 @@ async def run(args: argparse.Namespace, modes: List[str], targets: List[Target],
             elif mode == "open":
                 duration = max(0.0, min(args.duration, deadline - time.perf_counter()))
                 schedule = poisson_schedule(rates, duration, args.seed, args.max_requests)
+                if prometheus is not None:  # blocking HTTP polls: off the event loop, which has nothing else to do now
+                    await asyncio.to_thread(prometheus.settle)
+                unix_offset = time.time() - now()  # the runner's clock to Unix time, which Prometheus's queries take
                 samples, window = await open_loop(client, by_model, schedule, spec, drain_s=args.timeout + 1.0,
                                                   tick=progress.task(f"open {sum(rates.values()):.1f} req/s", len(schedule)))
                 planned = sum(catalogue.get(m, 0.0) for m in by_model)
                 scale = args.scale if args.rate is None else (sum(rates.values()) / planned if planned > 0 else None)
                 results.open = reporting.OpenLoopResult(samples, window, scale, duration, rates, catalogue)
+                if prometheus is not None:
+                    await asyncio.to_thread(prometheus.after_run, window[0] + unix_offset, window[1] + unix_offset)
                 count = len(samples)
                 if duration < args.duration:
                     results.notes.append(f"open ran {duration:.1f} s of --duration {args.duration:g} s (--time-limit)")
@@ -226,9 +244,27 @@ def check_args(args: argparse.Namespace) -> None:
         raise ContractError(f"--max-error-rate must be a fraction in [0, 1], got {args.max_error_rate}")
 
 
+def prometheus_step(args: argparse.Namespace, modes: Sequence[str], targets: Sequence[Target], rates: Dict[str, float],
+                    server_urls: Dict[str, str]) -> Optional[PrometheusStep]:
+    """The Prometheus step of an open loop (None without one, or with --prometheus off): it scrapes only the servers
+    the open loop sends to, so the other servers' scrapes do not load the machine under measurement."""
+    if "open" not in modes or args.prometheus == "off":
+        return None
+    driven = {t.server for t in targets if rates.get(t.model, 0.0) > 0}
+    step = PrometheusStep(args.prometheus, args.prometheus_bin, {sid: url for sid, url in server_urls.items() if sid in driven})
+    step.check()
+    return step
+
+
 def verdict(results: reporting.Results, max_error_rate: float) -> List[str]:
     """Why the run failed (empty: it passed)."""
     problems = []
+    p = results.prometheus
+    if p is not None and p.get("mode") == "required":
+        if p["status"] != "ran":
+            problems.append(f"--prometheus required: {p['reason']}")
+        problems += [f"--prometheus required: no P90 from Prometheus for server {sid}: {f.get('why_none')}"
+                     for sid, f in p["servers"].items() if f.get("p90_ms") is None]
     if results.smoke is not None:
         problems += results.smoke_failures or [f"smoke: server {s.server} did not answer {s.model} ({s.outcome})"
                                                for s in results.smoke if not s.ok]
@@ -275,6 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "bmk" in modes:
             parse_concurrency(args.concurrency)
         parse_headers(args.header)
+        prometheus = prometheus_step(args, modes, targets, rates, {sid: s.url for sid, s in routes.servers.items()})
     except ContractError as exc:
         print(f"python -m loadtest: error: {exc}", file=sys.stderr)
         return 2
@@ -284,11 +321,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress.print(f"load test of {len(targets)} model(s) on {servers} server{'' if servers == 1 else 's'} "
                        f"({'through ' + base if base else 'direct to each server'}): {' '.join(modes)}")
         try:
+            skipped = prometheus.start() if prometheus is not None else None
+            if skipped:
+                print(f"python -m loadtest: {skipped}", file=sys.stderr)
             results = asyncio.run(run(args, modes, targets, rates, catalogue, progress,
-                                      {sid: s.url for sid, s in routes.servers.items()}))
+                                      {sid: s.url for sid, s in routes.servers.items()}, prometheus))
         except KeyboardInterrupt:
             print("python -m loadtest: interrupted: no report written", file=sys.stderr)
             return 130
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
+    if prometheus is not None:
+        results.prometheus = prometheus.outcome
     meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "routes": str(args.routes), "base_url": base,
             "plan": str(args.plan) if args.plan else None, "models_file": str(args.models) if args.models else None,
             "modes_run": modes, "seed": args.seed, "open_server": open_server}
