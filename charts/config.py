@@ -103,6 +103,29 @@ class Autoscaling(_Section):
         default="hpa", description="cpu servers: hpa (CPU utilisation, which is their inference load) or keda")
 
 
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy's retentionInDays); anything else is
+# refused by the API at deploy time, so it is refused here, when the file is read.
+CLOUDWATCH_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                             2922, 3288, 3653)
+
+
+class Observability(_Section):
+    """What the stacks install to watch the cluster (stacks/observability.py); the charts carry it unread."""
+
+    amp: bool = Field(default=False, description="also remote-write Prometheus to an Amazon Managed Service for "
+                                                 "Prometheus workspace that the stacks create (SigV4, IRSA role)")
+    log_retention_days: int = Field(default=30, description="days CloudWatch Logs keeps the containers' logs (Fluent "
+                                                            "Bit's log group); one of CloudWatch's retention periods")
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in CLOUDWATCH_RETENTION_DAYS:
+            raise ValueError(f"{value} is not a CloudWatch Logs retention period; use one of "
+                             f"{', '.join(map(str, CLOUDWATCH_RETENTION_DAYS))}")
+        return value
+
+
 _ROLE_ARN = r"^arn:aws[-a-z]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+$"
 _ECR_URI = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?/(?P<name>[a-z0-9._/-]+)$")
 
@@ -155,6 +178,9 @@ class EnvConfig(_Section):
     startup: Startup = Field(default_factory=Startup)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling,
                                      description="per kind of processor: keda (requests in flight) or hpa (CPU)")
+    observability: Observability = Field(
+        default_factory=Observability,
+        description="monitoring and logging the stacks install: amp (Amazon Managed Prometheus), log_retention_days")
     stacks: StacksConfig = Field(
         default_factory=StacksConfig,
         description="settings only the CDK stacks read (region, plan, allowed_instance_families, burst_factor, "

@@ -29,6 +29,7 @@ from stacks.addons import AddOns
 from stacks.artifacts import ArtifactStore
 from stacks.cluster import FleetCluster, PlanNodeGroups
 from stacks.network import Network
+from stacks.observability import Observability
 from stacks.registry import ImageRegistry
 from stacks.serving import GatewayAddress, ServerReleases, ServingRole, envoy_proxy_for
 from stacks.settings import EnvSettings
@@ -99,6 +100,10 @@ def build_platform(scope: Construct, settings: EnvSettings, plan: Plan, *, dist:
     addons = AddOns(cluster_stack, "AddOns", cluster=fleet.cluster, cluster_name=cluster_name,
                     system_group=fleet.system_group, node_groups=specs,
                     neuron_scheduler=neuron_scheduler_needed(plan))
+    # Metrics (kube-prometheus-stack, device exporters), container logs and KEDA (stacks/observability.py).
+    Observability(cluster_stack, "Observability", cluster=fleet.cluster, cluster_name=cluster_name,
+                  system_group=fleet.system_group, node_groups=specs,
+                  monitoring_namespace=settings.config.monitoring_namespace, config=settings.config.observability)
     nodes_stack = _stack(scope, cid("nodes"), f"{p}-nodes", settings,
                          f"modelfleet {settings.env}: the plan's node groups ({sum(s.desired for s in specs)} nodes)")
     # The cluster by name, not the construct: aws_eks_v2 makes its ALB controller wait for every node group
