@@ -58,7 +58,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from bench.harness import all_pids, cpu_seconds, log, proc_loadavg, stop_process
 from contracts import InstanceCatalogue, load, write_atomic, write_json_atomic
 from contracts.measures import percentile
-from deploy.ports import free_port
+from contracts.net import free_port
 from loadtest.report import png_figure
 from packing.latency import ServiceTime, Stream, mmc_p90_ms, stream_p90s_ms
 

@@ -49,7 +49,7 @@ import yaml
 
 from bench.harness import all_pids, cpu_seconds, log, proc_loadavg, stop_process, stop_process_group
 from bench.serving_client import LoadResult, build_request, run_load
-from deploy.ports import free_port
+from contracts.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from contracts import Plan, Server, check_dns_label, write_json_atomic
+from contracts.net import HOST, free_port
 from contracts.pod import POD_ENV_NAMES, pod_env
 from contracts.routes import routes_for
-from deploy.ports import HOST, free_port
 from deploy.readiness import DeployError, InputError, Probe, log_tail, wait_ready
 from deploy.state import clear_state, read_state, write_state
 from store import FileStore, StoreError, open_store

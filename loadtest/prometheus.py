@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,8 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from contracts import ContractError, write_atomic
+from contracts.net import HOST, free_port
 
-HOST = "127.0.0.1"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 JOB = "modelfleet"
 MODES = ("auto", "off", "required")
@@ -127,14 +126,6 @@ def binary_version(binary: str) -> str:
         raise PrometheusError(f"cannot run {binary} --version: {exc}") from None
     lines = (done.stdout or done.stderr).strip().splitlines()
     return lines[0].split(" (")[0] if lines else "unknown"
-
-
-def free_port(host: str = HOST) -> int:
-    # deploy/ports.py has the project's picker, but loadtest may import only contracts (and deploy/ is not in the
-    # images that carry loadtest/): the OS picks a free port the same way here.
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---- the process ----
