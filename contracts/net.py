@@ -1,5 +1,6 @@
-"""Free TCP ports on this machine: the one place that picks them, for the local runtime, the benchmarks and the
-tests (which bind 127.0.0.1 on a free port, ARCHITECTURE.md). Imports nothing of ours, so anything may use it."""
+"""Free TCP ports on this machine: the one place that picks them, for the local runtime, the load test's local
+Prometheus, the benchmarks and the tests (which bind 127.0.0.1 on a free port, ARCHITECTURE.md). In contracts, which
+every step may import, and it imports nothing of ours."""
 from __future__ import annotations
 
 import socket
