@@ -30,11 +30,11 @@ system`, as every add-on in stacks/addons.py. Per-node agents must run where the
 and Fluent Bit tolerate every taint (all nodes), DCGM exporter and neuron-monitor tolerate the plan-node
 taint and select their processor's nodes, like the device plugins.
 
-Per-node cost: config/instances.yaml `daemonset_overhead` counts Fluent Bit (its requests here are that
-table's 50m / 25 MiB); node-exporter (10m / 32 MiB requested here), DCGM exporter (100m / 128 MiB, the
-chart's) and neuron-monitor (250m / 128 MiB, the Neuron SDK manifest's) are not counted there yet. None of
-them has a priority class that preempts: on a node the plan filled, an agent waits rather than evicting a
-model server.
+Per-node cost: config/instances.yaml `daemonset_overhead` counts every agent here: Fluent Bit (its
+requests here are that table's 50m / 25 MiB), node-exporter (10m / 32 MiB requested here), and the larger
+of DCGM exporter (100m / 128 MiB, the chart's) and neuron-monitor (250m / 128 MiB, the Neuron SDK
+manifest's) on every node, since the figure is one per node. The planner leaves that room on every node,
+so the agents schedule beside a full plan; none has a priority class that preempts a model server.
 
 Storage: the cluster has no EBS CSI driver, so Prometheus keeps its TSDB in an emptyDir on its node
 (`PROMETHEUS_STORAGE`: 7 days, at most 15 GB, a 20 GiB cap) and loses it when the pod moves; with `amp`
