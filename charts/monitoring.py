@@ -4,18 +4,22 @@ ConfigMap its sidecar loads. One construct per concern; `monitoring_files` rende
 
 They live apart from dist/manifests/ because their kinds are prometheus-operator's CRDs, which kube-prometheus-stack
 installs (tests/crds/prometheus-operator-v0.93.0/ holds the ones the tests validate against).
+
+The same objects also go out as Helm chart folders, dist/helm/monitoring-NNN/, which the stacks install as releases
+(`monitoring_chart_groups`): their text escaped for Helm (`helm_literal`), since alert annotations and the dashboard's
+legends hold `{{ ... }}` that are Prometheus's and Grafana's templates, not Helm's.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import cdk8s
 from cdk8s_plus_36 import k8s
 from constructs import Construct
 
-from charts import alerting, yamltext
+from charts import alerting, naming, yamltext
 from charts import constants as c
 from charts.config import EnvConfig
 from charts.grafana import Dashboard, Panel, Target, Threshold, query_variable
@@ -229,3 +233,34 @@ def monitoring_files(plan: Plan, config: EnvConfig) -> Dict[str, str]:
              "monitoring/dashboard.yaml": yamltext.dump(objs.dashboard)}
     files.update({f"monitoring/rules/{sid}.yaml": yamltext.dump(doc) for sid, doc in objs.server_rules.items()})
     return files
+
+
+# ---- as Helm charts ----
+MONITORING_CHART_PREFIX = "monitoring-"
+# Template bytes per monitoring chart. Helm keeps a release in a Secret of at most 1 MiB holding
+# base64(gzip(templates (base64) + rendered manifest)); measured with charts.synth.release_size_estimate on a
+# 2,100-server fleet (8.8 MB of rules), one chart of everything came to 1.15 MB, about 0.13 byte per template byte:
+# 1 MiB of templates makes a release of about 140 kB, a quarter of the limit with room to spare.
+MONITORING_TEMPLATE_BUDGET_BYTES = 1024 * 1024
+
+
+def monitoring_chart_name(index: int) -> str:
+    return f"{MONITORING_CHART_PREFIX}{index:03d}"
+
+
+def helm_literal(text: str) -> str:
+    """`text` as a Helm template that renders to exactly `text`: each `{{` becomes the action `{{ "{{" }}`, which
+    prints it. A `}}` outside an action is plain text to Go templates, so it needs nothing."""
+    return text.replace("{{", '{{ "{{" }}')
+
+
+def monitoring_chart_groups(files: Dict[str, str], budget: int = MONITORING_TEMPLATE_BUDGET_BYTES) -> List[Dict[str, str]]:
+    """monitoring_files' output as the templates of consecutive charts, each at most `budget` bytes of templates
+    (a larger file gets a chart of its own): [{"templates/<path under monitoring/>": escaped text}, ...]. The
+    PodMonitor, the dashboard and the fleet's rules come first, then the servers' rules by server id, so that a
+    server keeps its chart across small plan changes."""
+    first = ["monitoring/podmonitor.yaml", "monitoring/dashboard.yaml", "monitoring/rules/00-fleet.yaml"]
+    order = [f for f in first if f in files] + sorted(f for f in files if f not in first)
+    templates = {f"templates/{rel[len('monitoring/'):]}": helm_literal(files[rel]) for rel in order}
+    return [{rel: templates[rel] for rel in group}
+            for group in naming.shard([(rel, len(text.encode())) for rel, text in templates.items()], budget)]

@@ -1,4 +1,5 @@
-"""`charts synth`: plan + environment config -> dist/ (rendered manifests, Helm chart shards, routes.json).
+"""`charts synth`: plan + environment config -> dist/ (rendered manifests, Helm chart shards, routes.json, the
+monitoring objects as plain YAML and as Helm charts).
 
 Objects are built once through cdk8s with placeholders where Helm values go (image, tag, store URI,
 role ARN); rendering then puts in either the config's values (dist/manifests/) or `{{ .Values.* }}`
@@ -28,7 +29,7 @@ from charts import naming, yamltext
 from charts.autoscaling import QueueScaling, inflight_targets
 from charts.cluster import ClusterWide, ClusterWideProps
 from charts.config import EnvConfig, helm_values
-from charts.monitoring import monitoring_files
+from charts.monitoring import MONITORING_TEMPLATE_BUDGET_BYTES, monitoring_chart_groups, monitoring_chart_name, monitoring_files
 from charts.routes import routes_document
 from charts.server import ModelServer, ModelServerProps, StartupBudget
 from charts.typecheck import skip_jsii_type_checks, type_checks_on
@@ -91,6 +92,7 @@ class SynthResult:
     models: int
     objects: int
     shards: List[Dict[str, Any]] = field(default_factory=list)
+    monitoring_charts: List[Dict[str, Any]] = field(default_factory=list)
     largest_object_bytes: int = 0
     largest_object: str = ""
     seconds: float = 0.0
@@ -193,7 +195,8 @@ def _chart_yaml(name: str, description: str, plan_digest: str) -> str:
 
 
 def _values_yaml(values: Dict[str, Any]) -> str:
-    head = ("# The config's values; the stacks pass the real ones (CDK tokens cannot reach inside asset files).\n")
+    head = ("# The config's values; the stacks pass the real ones (CDK tokens cannot reach inside asset files).\n"
+            if values else "# No values: these templates take none.\n")
     return head + yamltext.dump(values)
 
 
@@ -201,6 +204,34 @@ def _write(root: Path, rel: str, text: str) -> None:
     p = root / rel
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")
+
+
+def _write_chart(root: Path, name: str, description: str, plan_digest: str, values: Dict[str, Any],
+                 templates: Dict[str, str], manifest: str) -> Dict[str, Any]:
+    """dist/helm/<name>/ (Chart.yaml, values.yaml, `templates`: {"templates/...": text}); returns its summary entry,
+    `manifest` being what it renders to."""
+    _write(root, f"helm/{name}/Chart.yaml", _chart_yaml(name, description, plan_digest))
+    _write(root, f"helm/{name}/values.yaml", _values_yaml(values))
+    for rel, text in templates.items():
+        _write(root, f"helm/{name}/{rel}", text)
+    return {"name": name, "template_bytes": sum(len(t.encode()) for t in templates.values()),
+            "release_secret_bytes_estimate": release_size_estimate(templates, manifest, values)}
+
+
+def write_monitoring(root: Path, plan: Plan, plan_digest: str, config: EnvConfig,
+                     budget: int = MONITORING_TEMPLATE_BUDGET_BYTES) -> List[Dict[str, Any]]:
+    """dist/monitoring/ (plain YAML, for `kubectl apply -R`) and the same objects as dist/helm/monitoring-NNN/ charts
+    (charts/monitoring.py), which the stacks install; returns the charts' summary entries."""
+    files = monitoring_files(plan, config)
+    for rel, text in files.items():
+        _write(root, rel, text)
+    entries = []
+    for i, templates in enumerate(monitoring_chart_groups(files, budget)):
+        sources = ["monitoring/" + rel[len("templates/"):] for rel in templates]
+        entry = _write_chart(root, monitoring_chart_name(i), f"modelfleet monitoring: {sources[0]} .. {sources[-1]}",
+                             plan_digest, {}, templates, "---\n".join(files[f] for f in sources))
+        entries.append({**entry, "files": sources})
+    return entries
 
 
 def write_dist(root: Path, plan: Plan, plan_digest: str, config: EnvConfig, cluster: List[dict],
@@ -238,16 +269,10 @@ def write_dist(root: Path, plan: Plan, plan_digest: str, config: EnvConfig, clus
     order = sorted(texts)
     for i, members in enumerate(naming.shard([(sid, len(texts[sid].encode())) for sid in order], budget)):
         name = naming.shard_name(i)
-        templates = {f"templates/{sid}.yaml": texts[sid] for sid in members}
-        _write(root, f"helm/{name}/Chart.yaml",
-               _chart_yaml(name, f"modelfleet model servers {members[0]} .. {members[-1]}", plan_digest))
-        _write(root, f"helm/{name}/values.yaml", _values_yaml(shard_values))
-        for rel, text in templates.items():
-            _write(root, f"helm/{name}/{rel}", text)
-        manifest = "---\n".join(manifests[sid] for sid in members)
-        result.shards.append({
-            "name": name, "servers": members, "template_bytes": sum(len(t.encode()) for t in templates.values()),
-            "release_secret_bytes_estimate": release_size_estimate(templates, manifest, shard_values)})
+        entry = _write_chart(root, name, f"modelfleet model servers {members[0]} .. {members[-1]}", plan_digest,
+                             shard_values, {f"templates/{sid}.yaml": texts[sid] for sid in members},
+                             "---\n".join(manifests[sid] for sid in members))
+        result.shards.append({"name": name, "servers": members, **entry})
 
     routes = routes_document(plan, config.namespace, f"http://{config.gateway.host}"
                              + ("" if config.gateway.port == 80 else f":{config.gateway.port}"))
@@ -280,7 +305,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def synth(plan_path: Path, config_path: Path, out: Path, instances_path: Path = Path("config/instances.yaml"),
           budget: int = c.SHARD_TEMPLATE_BUDGET_BYTES, progress: Optional[Callable[[str], None]] = None,
-          jobs: int = 1) -> SynthResult:
+          jobs: int = 1, monitoring_budget: int = MONITORING_TEMPLATE_BUDGET_BYTES) -> SynthResult:
     """Validate, build and write dist/ atomically. Raises ContractError (nothing written) on a bad input."""
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -297,9 +322,8 @@ def synth(plan_path: Path, config_path: Path, out: Path, instances_path: Path = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         result = write_dist(tmp, plan, digest, config, cluster, servers, budget)
-        # dist/monitoring/: kube-prometheus-stack's kinds, apart from manifests/ (charts/monitoring.py)
-        for rel, text in monitoring_files(plan, config).items():
-            _write(tmp, rel, text)
+        # kube-prometheus-stack's kinds, apart from manifests/ (charts/monitoring.py)
+        result.monitoring_charts = write_monitoring(tmp, plan, digest, config, monitoring_budget)
         result.seconds = round(time.perf_counter() - t0, 3)
         (tmp / "summary.json").write_text(json.dumps(
             {"plan_sha256": digest, "environment": config.environment, **result.to_json()}, indent=1) + "\n")

@@ -31,7 +31,7 @@ from stacks.cluster import FleetCluster, PlanNodeGroups
 from stacks.network import Network
 from stacks.observability import Observability
 from stacks.registry import ImageRegistry
-from stacks.serving import GatewayAddress, ServerReleases, ServingRole, envoy_proxy_for
+from stacks.serving import GatewayAddress, MonitoringReleases, ServerReleases, ServingRole, envoy_proxy_for
 from stacks.settings import EnvSettings
 from stacks.sizing import neuron_scheduler_needed, plan_node_groups
 from stacks.smoke import SmokeTest
@@ -101,9 +101,10 @@ def build_platform(scope: Construct, settings: EnvSettings, plan: Plan, *, dist:
                     system_group=fleet.system_group, node_groups=specs,
                     neuron_scheduler=neuron_scheduler_needed(plan))
     # Metrics (kube-prometheus-stack, device exporters), container logs and KEDA (stacks/observability.py).
-    Observability(cluster_stack, "Observability", cluster=fleet.cluster, cluster_name=cluster_name,
-                  system_group=fleet.system_group, node_groups=specs,
-                  monitoring_namespace=settings.config.monitoring_namespace, config=settings.config.observability)
+    observability = Observability(cluster_stack, "Observability", cluster=fleet.cluster, cluster_name=cluster_name,
+                                  system_group=fleet.system_group, node_groups=specs,
+                                  monitoring_namespace=settings.config.monitoring_namespace,
+                                  config=settings.config.observability)
     nodes_stack = _stack(scope, cid("nodes"), f"{p}-nodes", settings,
                          f"modelfleet {settings.env}: the plan's node groups ({sum(s.desired for s in specs)} nodes)")
     # The cluster by name, not the construct: aws_eks_v2 makes its ALB controller wait for every node group
@@ -129,8 +130,12 @@ def build_platform(scope: Construct, settings: EnvSettings, plan: Plan, *, dist:
     proxy = _manifest(serving, "EnvoyProxy", fleet, envoy_proxy_for(
         envoy_proxy, internet_facing=settings.internet_facing, certificate_arn=settings.certificate_arn,
         source_cidrs=settings.source_cidrs, tls_port=settings.gateway_port), after=[addons.charts["envoy-gateway"]])
+    # After KEDA: accelerator servers' charts hold ScaledObjects, whose CRD comes with it.
     releases = ServerReleases(serving, "Servers", cluster=fleet.cluster, namespace=settings.namespace, dist=dist,
-                              values=values, after=[cluster_wide, proxy, role])
+                              values=values, after=[cluster_wide, proxy, role, observability.charts["keda"]])
+    # PodMonitor, PrometheusRules, dashboard: after the namespace and kube-prometheus-stack (their CRDs).
+    MonitoringReleases(serving, "Monitoring", cluster=fleet.cluster, namespace=settings.namespace, dist=dist,
+                       after=[cluster_wide, observability.charts["kube-prometheus-stack"]])
     gateway = GatewayAddress(serving, "Gateway", cluster=fleet.cluster, name=settings.gateway_name,
                              namespace=settings.namespace, export_name=f"{p}-gateway-address",
                              after=[cluster_wide, proxy])

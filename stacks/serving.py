@@ -10,7 +10,12 @@ chart assets, and the gateway's address.
   environment is internet-facing the stacks add the ACM certificate and the source-CIDR allowlist.
 - Per-server objects are far too big for a template (~1 MB of YAML for 3,040 models): each
   `dist/helm/servers-NNN/` folder is a `chart_asset` and the real values (image URIs, tag, store URI,
-  role ARN) are passed as Helm `values`, since CDK tokens cannot reach inside asset files.
+  role ARN) are passed as Helm `values`, since CDK tokens cannot reach inside asset files. Every server release
+  comes after KEDA (its ScaledObject CRD).
+- The monitoring objects (PodMonitor, PrometheusRules, the Grafana dashboard ConfigMap) ship the same way, each
+  `dist/helm/monitoring-NNN/` folder one release in the servers' namespace (the dashboard's ConfigMap names the
+  monitoring namespace itself), after kube-prometheus-stack (their CRDs and the operator's admission webhook):
+  a fleet of 2,000 servers has some 9 MB of rules, far over a template's 1 MB.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 SERVER_SHARD_PREFIX = "servers-"
+MONITORING_CHART_PREFIX = "monitoring-"  # charts.monitoring's (not imported: that module starts cdk8s's kernel)
 
 
 class ServingRole(Construct):
@@ -62,13 +68,25 @@ class ServingRole(Construct):
                 conditions={"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}}))
 
 
+def chart_folders(dist: Path, prefix: str) -> List[Path]:
+    """`dist/helm/<prefix>NNN/` chart folders, in order."""
+    helm = dist / "helm"
+    folders = sorted(p for p in helm.glob(f"{prefix}*") if (p / "Chart.yaml").is_file())
+    if not folders:
+        raise FileNotFoundError(f"{helm}: no {prefix}*/Chart.yaml chart folders: run `python -m charts synth` again "
+                                "(a dist/ written by an older version lacks them; the stacks' own cache, .cdk-dist/, "
+                                "is made anew once removed)")
+    return folders
+
+
 def server_shards(dist: Path) -> List[Path]:
     """`dist/helm/servers-NNN/` chart folders, in order."""
-    helm = dist / "helm"
-    shards = sorted(p for p in helm.glob(f"{SERVER_SHARD_PREFIX}*") if (p / "Chart.yaml").is_file())
-    if not shards:
-        raise FileNotFoundError(f"{helm}: no {SERVER_SHARD_PREFIX}*/Chart.yaml chart folders (run `python -m charts synth`)")
-    return shards
+    return chart_folders(dist, SERVER_SHARD_PREFIX)
+
+
+def monitoring_charts(dist: Path) -> List[Path]:
+    """`dist/helm/monitoring-NNN/` chart folders, in order."""
+    return chart_folders(dist, MONITORING_CHART_PREFIX)
 
 
 def envoy_proxy_for(objs: Sequence[Mapping[str, Any]], *, internet_facing: bool, certificate_arn: Optional[str],
@@ -90,23 +108,44 @@ def envoy_proxy_for(objs: Sequence[Mapping[str, Any]], *, internet_facing: bool,
     return out
 
 
+def chart_asset_releases(scope: Construct, folders: Sequence[Path], *, cluster: eks.ICluster, namespace: str,
+                         values: Mapping[str, Any], after: Sequence[Construct]) -> Dict[str, eks.HelmChart]:
+    """One release `modelfleet-<folder>` per chart folder, each an S3 asset, each after every construct of `after`
+    (within a stack a DependsOn; across stacks CDK orders the stacks)."""
+    releases: Dict[str, eks.HelmChart] = {}
+    for folder in folders:
+        asset = s3_assets.Asset(scope, f"Asset-{folder.name}", path=str(folder))
+        release = eks.HelmChart(
+            scope, f"Release-{folder.name}",
+            cluster=cluster, chart_asset=asset, release=f"modelfleet-{folder.name}", namespace=namespace,
+            values=dict(values), wait=False, timeout=Duration.minutes(15),
+        )
+        for dep in after:
+            release.node.add_dependency(dep)
+        releases[folder.name] = release
+    return releases
+
+
 class ServerReleases(Construct):
-    """Props in: cluster, namespace, the dist/ folder, real Helm values. Out: `releases` {shard: HelmChart}."""
+    """Props in: cluster, namespace, the dist/ folder, real Helm values, `after` (the KEDA chart among them). Out:
+    `releases` {shard: HelmChart}."""
 
     def __init__(self, scope: Construct, id: str, *, cluster: eks.ICluster, namespace: str, dist: Path,
                  values: Mapping[str, Any], after: Sequence[Construct] = ()) -> None:
         super().__init__(scope, id)
-        self.releases: Dict[str, eks.HelmChart] = {}
-        for shard in server_shards(dist):
-            asset = s3_assets.Asset(self, f"Asset-{shard.name}", path=str(shard))
-            release = eks.HelmChart(
-                self, f"Release-{shard.name}",
-                cluster=cluster, chart_asset=asset, release=f"modelfleet-{shard.name}", namespace=namespace,
-                values=dict(values), wait=False, timeout=Duration.minutes(15),
-            )
-            for dep in after:
-                release.node.add_dependency(dep)
-            self.releases[shard.name] = release
+        self.releases = chart_asset_releases(self, server_shards(dist), cluster=cluster, namespace=namespace,
+                                             values=values, after=after)
+
+
+class MonitoringReleases(Construct):
+    """The monitoring charts. Props in: cluster, the servers' namespace, the dist/ folder, `after` (the
+    kube-prometheus-stack chart and the namespace). Out: `releases` {chart: HelmChart}. The charts take no values."""
+
+    def __init__(self, scope: Construct, id: str, *, cluster: eks.ICluster, namespace: str, dist: Path,
+                 after: Sequence[Construct] = ()) -> None:
+        super().__init__(scope, id)
+        self.releases = chart_asset_releases(self, monitoring_charts(dist), cluster=cluster, namespace=namespace,
+                                             values={}, after=after)
 
 
 class GatewayAddress(Construct):

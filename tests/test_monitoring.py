@@ -1,7 +1,8 @@
 """The monitoring objects `charts synth` writes to dist/monitoring/: valid against the prometheus-operator CRDs
 kube-prometheus-stack installs, a PodMonitor that selects the pods the charts really make, rule files that the real
 promtool checks and unit-tests (each alert fires where it must and stays quiet where it must not), a dashboard whose
-every query promtool parses, and no metric name that neither the server nor kube-state-metrics exports."""
+every query promtool parses, and no metric name that neither the server nor kube-state-metrics exports; and the same
+objects as the Helm charts dist/helm/monitoring-NNN/, which the real helm lints and renders back to dist/monitoring/."""
 from __future__ import annotations
 
 import copy
@@ -20,10 +21,13 @@ import yaml
 import charts  # noqa: F401  (quiets jsii's banner)
 from charts import alerting, monitoring
 from charts import constants as c
+from charts.config import EnvConfig
 from charts.grafana import GRID_COLUMNS, targets_of
-from charts.synth import synth
+from charts.synth import release_size_estimate, synth
+from contracts import Plan, load
 from serving.metrics import Metrics
 from tests.crd_schemas import load_crds, served_schemas, validate
+from tests.helm_binary import extract_tools, helm
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "tests" / "crds" / "prometheus-operator-v0.93.0"
@@ -396,3 +400,101 @@ def test_pending_pods_match_their_server_only():
     assert re.fullmatch(pattern, "cpu-0000-6fb9c-2xq8z")
     for other in ("cpu-0000-b-5d8f9b7c6d-x7k2p", "cpu-00001-5d8f9b7c6d-x7k2p", "cpu-0000-5d8f9b7c6d"):
         assert not re.fullmatch(pattern, other), other
+
+
+# ---- as Helm charts, with the real helm ----
+@pytest.fixture(scope="module")
+def helm_tools(tmp_path_factory):
+    return extract_tools(tmp_path_factory.mktemp("helm-tools"))
+
+
+def _helm_ok(tools, *args: str) -> str:
+    r = helm(tools, *args)
+    assert r.returncode == 0, f"helm {' '.join(args)}:\n{r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def _key(obj: Dict[str, Any]) -> tuple:
+    return obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+def render_monitoring_charts(tools, dist: Path) -> List[Dict[str, Any]]:
+    """`helm lint --strict` and `helm template` (release namespace: the servers') of every monitoring chart."""
+    charts_ = sorted(p for p in (dist / "helm").iterdir() if p.name.startswith(monitoring.MONITORING_CHART_PREFIX))
+    assert charts_, sorted(p.name for p in (dist / "helm").iterdir())
+    rendered: List[Dict[str, Any]] = []
+    for chart in charts_:
+        meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+        assert meta["name"] == f"modelfleet-{chart.name}"
+        _helm_ok(tools, "lint", "--strict", "--kube-version", "1.36.0", str(chart))
+        text = _helm_ok(tools, "template", chart.name, str(chart), "--namespace", NAMESPACE, "--kube-version", "1.36.0")
+        rendered += [d for d in yaml.safe_load_all(text) if d]
+    return rendered
+
+
+def test_real_helm_renders_the_monitoring_chart_to_exactly_dist_monitoring(dist, docs, helm_tools):
+    raw = "".join(p.read_text() for p in (dist / "monitoring").rglob("*.yaml"))
+    assert "{{server}}" in raw  # Grafana's legends: what Helm would try to evaluate unescaped
+    assert [p.name for p in (dist / "helm").iterdir() if p.name.startswith("monitoring-")] == ["monitoring-000"]
+    rendered = render_monitoring_charts(helm_tools, dist)
+    expected = [o for objs in docs.values() for o in objs]
+    assert sorted(rendered, key=_key) == sorted(expected, key=_key)
+    (config_map,) = [o for o in rendered if o["kind"] == "ConfigMap"]
+    legends = {t.get("legendFormat") for t in targets_of(json.loads(config_map["data"][monitoring.DASHBOARD_FILE]))}
+    assert "{{server}}" in legends and "{{model}} ({{server}})" in legends
+    rules = [r for o in rendered if o["kind"] == "PrometheusRule" for g in o["spec"]["groups"] for r in g["rules"]]
+    assert any("annotations" in r for r in rules)
+    summary = json.loads((dist / "summary.json").read_text())["monitoring_charts"]
+    assert [e["name"] for e in summary] == ["monitoring-000"] and len(summary[0]["files"]) == len(docs)
+
+
+def test_helm_literal_keeps_prometheus_templates_through_the_real_helm(helm_tools, tmp_path):
+    """Alert text in Prometheus's own template language, `{{ $labels.server }}` and `{{ $value | humanize }}`, comes
+    out of Helm as written; unescaped, Helm refuses it (so the escape is what makes it through)."""
+    rule = {"apiVersion": monitoring.MONITORING_API, "kind": "PrometheusRule",
+            "metadata": {"name": "escaped", "namespace": NAMESPACE},
+            "spec": {"groups": [{"name": "g", "rules": [{
+                "alert": "A", "expr": 'sum by (server) (up{job="x"}) > 0',
+                "annotations": {"summary": "{{ $labels.server }} at {{ $value | humanizePercentage }}",
+                                "description": "{{- $labels.pod -}} {{{ odd }}} }} and {{\"quoted\"}}"}}]}]}}
+    text = yaml.safe_dump(rule, sort_keys=False)
+    chart = tmp_path / "chart"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: escaped\nversion: 1.0.0\n")
+    (chart / "templates" / "rule.yaml").write_text(monitoring.helm_literal(text))
+    (rendered,) = [d for d in yaml.safe_load_all(_helm_ok(helm_tools, "template", "x", str(chart))) if d]
+    assert rendered == rule
+    (chart / "templates" / "rule.yaml").write_text(text)
+    unescaped = helm(helm_tools, "template", "x", str(chart))
+    assert unescaped.returncode != 0 and "labels" in unescaped.stderr, unescaped.stdout + unescaped.stderr
+
+
+def test_monitoring_charts_split_under_a_budget_and_together_render_everything(helm_tools, tmp_path, docs):
+    (tmp_path / "plan.json").write_text(json.dumps(slo_plan()), encoding="utf-8")
+    budget = 8 * 1024  # the dashboard alone is larger: a chart of its own, then the rules in several charts
+    result = synth(tmp_path / "plan.json", DEV, tmp_path / "dist", instances_path=ROOT / "config" / "instances.yaml",
+                   monitoring_budget=budget)
+    names = sorted(p.name for p in (tmp_path / "dist" / "helm").iterdir() if p.name.startswith("monitoring-"))
+    assert names == [e["name"] for e in result.monitoring_charts] and len(names) >= 3, names
+    files = [f for e in result.monitoring_charts for f in e["files"]]
+    assert sorted(files) == sorted(f"monitoring/{rel}" for rel in docs)  # every object once
+    for entry in result.monitoring_charts:
+        assert entry["template_bytes"] <= budget or len(entry["files"]) == 1, entry
+    rendered = render_monitoring_charts(helm_tools, tmp_path / "dist")
+    assert sorted(rendered, key=_key) == sorted((o for objs in docs.values() for o in objs), key=_key)
+
+
+def test_a_large_fleet_s_monitoring_charts_stay_far_below_helm_s_release_limit():
+    """400 servers (some 1.7 MB of rules): more than one chart at the default budget, each release Secret
+    (base64 of gzip of templates and manifest) under a quarter of Helm's 1 MiB."""
+    base = slo_plan()
+    servers = [_server(f"cpu-{i:04d}", "c5.xlarge", "cpu", [f"m-{i}-a", f"m-{i}-b"], 100.0 + i) for i in range(400)]
+    plan = Plan.model_validate({**base, "servers": servers, "instances": {"c5.xlarge": 200}})
+    files = monitoring.monitoring_files(plan, load(EnvConfig, DEV))
+    groups = monitoring.monitoring_chart_groups(files)
+    assert len(groups) >= 2 and sum(len(g) for g in groups) == len(files)
+    for group in groups:
+        sources = ["monitoring/" + rel[len("templates/"):] for rel in group]
+        assert sum(len(t.encode()) for t in group.values()) <= monitoring.MONITORING_TEMPLATE_BUDGET_BYTES
+        size = release_size_estimate(group, "---\n".join(files[f] for f in sources), {})
+        assert size < c.HELM_RELEASE_LIMIT_BYTES / 4, (sources[0], size)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.config import ConfigError, Settings
 from tests import serving_fixtures
@@ -335,7 +336,10 @@ def test_sigterm_answers_requests_in_flight_then_exits(fault_servers):
 
         def all_accepted() -> bool:
             text = server.get("/metrics").body.decode()
-            return metric_value(text, "modelfleet_inflight_requests") + sum(f.done() for f in futures) >= count
+            # The gauge has one series per model: the server's in-flight count is their sum.
+            inflight = sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                           if s.name == "modelfleet_inflight_requests")
+            return inflight + sum(f.done() for f in futures) >= count
         wait_for(all_accepted, 60, "every request to reach the server", server.log)
         answered_before = sum(f.done() for f in futures)
         signalled = time.monotonic()

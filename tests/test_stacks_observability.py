@@ -5,16 +5,18 @@ platforms built as stacks/app.py builds them: `staging` with its reviewed plan (
 and `observability: {amp: true, log_retention_days: 90}` as an override, and `dev` with a plan the planner
 makes from cpu-only profiles, with the config's own observability block (amp off, 30 days). cdk-nag runs in
 that synth with the project's acknowledgements; checkov, where `.venv-checkov` exists, on its cluster templates.
+The serving stacks install the monitoring charts after kube-prometheus-stack and every server release after KEDA.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import pytest
 import yaml
@@ -125,12 +127,21 @@ def test_values_place_controllers_on_system_nodes_and_agents_where_they_belong()
         ds["spec"]["selector"]["matchLabels"] == ds["spec"]["template"]["metadata"]["labels"]
 
 
+def test_the_stacks_look_for_the_monitoring_charts_charts_synth_writes():
+    from charts.monitoring import MONITORING_CHART_PREFIX, monitoring_chart_name
+    from stacks.serving import MONITORING_CHART_PREFIX as STACKS_PREFIX
+
+    assert STACKS_PREFIX == MONITORING_CHART_PREFIX and monitoring_chart_name(0).startswith(STACKS_PREFIX)
+
+
 # ---- the module's synth -----------------------------------------------------------------------------------
 
 @dataclass
 class Synth:
     out: Path
     templates: Dict[str, dict]
+    manifest: dict
+    dists: Dict[str, Path]  # env -> the charts synth output its stacks were built from
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +164,9 @@ def synth(tmp_path_factory) -> Synth:
     manifest = json.loads((out / "manifest.json").read_text())
     templates = {aid: json.loads((out / art["properties"]["templateFile"]).read_text())
                  for aid, art in manifest["artifacts"].items() if art["type"] == "aws:cloudformation:stack"}
-    return Synth(out=out, templates=templates)
+    # stacks.app.ensure_dist writes each environment's output to <dist_cache>/<env>.
+    return Synth(out=out, templates=templates, manifest=manifest,
+                 dists={c["env"]: Path(c["dist_cache"]) / c["env"] for c in cases})
 
 
 def _ref(logical_id: str, attribute: str) -> str:
@@ -384,3 +397,77 @@ def test_checkov_passes_every_resource_of_ours(synth, tmp_path):
     failed = [(f["check_id"], f["resource"]) for r in reports for f in r["results"]["failed_checks"]]
     assert any(".ObservabilityContainerLogsLogGroup" in p for p in passed)  # checkov did read our resources
     assert [f for f in failed if ".Observability" in f[1]] == []
+
+
+# ---- the serving stacks: monitoring charts and server releases, in order -----------------------------------
+
+def _stacks_before(synth: Synth, stack: str) -> Set[str]:
+    """Every stack CloudFormation deploys before `stack` (its dependencies in the cloud assembly, transitively)."""
+    artifacts = synth.manifest["artifacts"]
+    seen: Set[str] = set()
+    todo = list(artifacts[stack].get("dependencies", []))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen and artifacts.get(dep, {}).get("type") == "aws:cloudformation:stack":
+            seen.add(dep)
+            todo += artifacts[dep].get("dependencies", [])
+    return seen
+
+
+def _after(synth: Synth, stack: str, resource: dict, first_stack: str, first: str) -> bool:
+    """Whether CloudFormation creates `resource` (of `stack`) only once `first` (of `first_stack`) is complete: a
+    DependsOn within a stack, a stack dependency across stacks."""
+    if stack == first_stack:
+        return first in resource.get("DependsOn", [])
+    return first_stack in _stacks_before(synth, stack)
+
+
+def _releases(template: dict, prefix: str) -> Dict[str, dict]:
+    return {r["Properties"]["Release"]: r for r in template["Resources"].values()
+            if r["Type"] == HELM and r["Properties"]["Release"].startswith(prefix)}
+
+
+def _asset_folder(synth: Synth, release: dict) -> Path:
+    """The staged folder in cdk.out that a release's chart asset uploads (named by the asset's hash)."""
+    (digest,) = set(re.findall(r"([0-9a-f]{64})\.zip", json.dumps(release["Properties"]["ChartAssetURL"])))
+    return synth.out / f"asset.{digest}"
+
+
+def test_monitoring_charts_are_released_in_the_servers_namespace_after_kube_prometheus_stack(synth):
+    from stacks.settings import load_env
+
+    for env in ("staging", "dev"):
+        serving_name, cluster_name = f"modelfleet-{env}-serving", f"modelfleet-{env}-cluster"
+        serving = synth.templates[serving_name]
+        charts = sorted(p.name for p in (synth.dists[env] / "helm").glob("monitoring-*"))
+        releases = _releases(serving, "modelfleet-monitoring-")
+        assert charts and sorted(releases) == [f"modelfleet-{name}" for name in charts], (charts, sorted(releases))
+        prometheus, chart = _one(_ours(synth.templates[cluster_name], HELM), "ObservabilityPrometheusChart")
+        assert chart["Properties"]["Wait"] is True  # complete means its CRDs and the operator's webhook are there
+        namespace_manifest, _ = _one({k: r for k, r in serving["Resources"].items()
+                                      if r["Type"] == "Custom::AWSCDK-EKS-KubernetesResource"}, "ClusterWide")
+        for name, release in releases.items():
+            assert release["Properties"]["Namespace"] == load_env(env).config.namespace, name
+            assert _after(synth, serving_name, release, serving_name, namespace_manifest), name  # the Namespace first
+            assert _after(synth, serving_name, release, cluster_name, prometheus), name
+            # The asset is the monitoring chart folder charts synth wrote, as written.
+            staged = _asset_folder(synth, release)
+            folder = synth.dists[env] / "helm" / name[len("modelfleet-"):]
+            assert yaml.safe_load((staged / "Chart.yaml").read_text()) == yaml.safe_load((folder / "Chart.yaml").read_text())
+            assert sorted(str(p.relative_to(staged)) for p in staged.rglob("*.yaml")) == \
+                sorted(str(p.relative_to(folder)) for p in folder.rglob("*.yaml"))
+            assert "{{ \"{{\" }}server}}" in (staged / "templates" / "dashboard.yaml").read_text()  # escaped for Helm
+
+
+def test_every_server_release_comes_after_keda(synth):
+    """Accelerator servers' charts hold KEDA ScaledObjects: the KEDA chart (its CRD) is complete first."""
+    for env in ("staging", "dev"):
+        serving_name, cluster_name = f"modelfleet-{env}-serving", f"modelfleet-{env}-cluster"
+        keda, chart = _one(_ours(synth.templates[cluster_name], HELM), "ObservabilityKedaChart")
+        assert chart["Properties"]["Release"] == "keda" and chart["Properties"]["Wait"] is True
+        releases = _releases(synth.templates[serving_name], "modelfleet-servers-")
+        assert len(releases) == len(list((synth.dists[env] / "helm").glob("servers-*"))) >= 1
+        for name, release in releases.items():
+            assert _after(synth, serving_name, release, cluster_name, keda), name
+        # The check tells orders apart: the cluster stack does not wait for the serving stack.
+        assert not _after(synth, cluster_name, chart, serving_name, next(iter(releases.values()))["Properties"]["Release"])
