@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from aws_cdk import CfnJson, Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_aps as aps
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
@@ -57,6 +57,7 @@ from charts.config import CLOUDWATCH_RETENTION_DAYS
 from charts.config import Observability as ObservabilityConfig
 from charts.constants import PLAN_NODE_TAINT_KEY, PROMETHEUS_SERVICE
 from stacks.addons import SYSTEM_NODES
+from stacks.irsa import service_account_principal
 from stacks.sizing import LABEL_PROCESSOR, NEURON_PROCESSORS, NodeGroupSpec
 
 # Pinned 2026-12-03: each the newest release in the project's published chart index or release tags (copies of
@@ -264,14 +265,8 @@ class ServiceAccountRole(Construct):
     def __init__(self, scope: Construct, id: str, *, cluster: eks.ICluster, namespace: str, service_account: str,
                  description: str) -> None:
         super().__init__(scope, id)
-        provider = cluster.open_id_connect_provider
-        issuer = provider.open_id_connect_provider_issuer
-        conditions = CfnJson(self, "TrustConditions", value={
-            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
-            f"{issuer}:aud": "sts.amazonaws.com",
-        })
         self.role = iam.Role(self, "Role", description=description, max_session_duration=Duration.hours(1),
-                             assumed_by=iam.OpenIdConnectPrincipal(provider, conditions={"StringEquals": conditions}))
+                             assumed_by=service_account_principal(self, cluster, namespace, service_account))
 
 
 class ManagedPrometheus(Construct):

@@ -23,12 +23,14 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from aws_cdk import CfnJson, CfnOutput, Duration, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
+
+from stacks.irsa import service_account_principal
 
 SERVER_SHARD_PREFIX = "servers-"
 MONITORING_CHART_PREFIX = "monitoring-"  # charts.monitoring's (not imported: that module starts cdk8s's kernel)
@@ -41,17 +43,11 @@ class ServingRole(Construct):
     def __init__(self, scope: Construct, id: str, *, cluster: eks.ICluster, role_name: str, namespace: str,
                  service_account: str, bucket_name: str, key: Optional[kms.IKey], prefix: str) -> None:
         super().__init__(scope, id)
-        provider = cluster.open_id_connect_provider
-        issuer = provider.open_id_connect_provider_issuer
-        conditions = CfnJson(self, "TrustConditions", value={
-            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
-            f"{issuer}:aud": "sts.amazonaws.com",
-        })
         self.role = iam.Role(
             self, "Role",
             role_name=role_name,
             description=f"model servers in {namespace} (IRSA): read-only on the artifact store",
-            assumed_by=iam.OpenIdConnectPrincipal(provider, conditions={"StringEquals": conditions}),
+            assumed_by=service_account_principal(self, cluster, namespace, service_account),
             max_session_duration=Duration.hours(1),
         )
         prefix = prefix.strip("/")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -18,7 +17,7 @@ from loadtest import report as reporting
 from loadtest.client import Client, ProtocolError
 from loadtest.stats import Curve, Sample, percentile, percentiles, poisson_schedule, pooled_percentile, random_models, summarise, throughput
 from loadtest.targets import resolve
-from tests.fixtures_net import free_port
+from tests.fixtures_net import free_port, serve_stub
 
 
 # ---- the maths ----
@@ -161,15 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_stub(_Handler) as url:
+        yield url
 
 
 def _dead_url() -> str:

@@ -7,8 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -19,6 +18,7 @@ from contracts import ContractError, Routes
 from loadtest import cli
 from loadtest import report as reporting
 from loadtest.prometheus import JOB, PrometheusStep, config_document, find_binary, scrape_targets, window_queries, write_config
+from tests.fixtures_net import serve_stub
 from tests.serving_fixtures import FAST_TRACE, metric_value, start_server
 
 PROMETHEUS = find_binary("prometheus")
@@ -94,15 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_stub(_Handler) as url:
+        yield url
 
 
 def _run(routes: Path, out: Path, *extra: str) -> int:
