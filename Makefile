@@ -11,7 +11,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test bench-pack bench-replan bench-trace bench-serve bench-latency lint clean checkov-env promtool
+.PHONY: demo test bench-pack bench-replan bench-trace bench-aoti bench-serve bench-latency lint clean checkov-env promtool
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,10 @@ bench-replan: $(STAMP)
 
 bench-trace: $(STAMP)
 	$(PY) -m bench.tracing --out bench/results/tracing.json
+
+# MiniLM as TorchScript against AOTInductor (needs g++), raw and through the server, alternating rounds. About 14 minutes.
+bench-aoti: $(STAMP)
+	$(PY) -m bench.aoti --out bench/results/aoti.json
 
 # The model server against raw forward, itself unbatched, TorchServe and KServe (their own .venv-torchserve and
 # .venv-kserve, created by the bench), profiled with py-spy, and with 1-50 models; traced models are cached in

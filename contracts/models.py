@@ -15,6 +15,10 @@ PROCESSORS = ("cpu", "gpu", "inf1", "inf2")
 Task = Literal["feature-extraction", "sequence-classification", "question-answering"]
 Precision = Literal["fp32", "bf16", "fp16"]
 ProfileSource = Literal["measured", "reference", "inline"]
+# How a bundle's model file is loaded: torch.jit.load (model.pt; every processor) or AOTInductor's
+# aoti_load_package (model.pt2; cpu and gpu). Bundles written before the field existed are TorchScript.
+ArtifactFormat = Literal["torchscript", "aoti"]
+ARTIFACT_FORMATS = ("torchscript", "aoti")
 
 # RFC 1123 label (model ids) and RFC 1035 label (server ids, which become Service names).
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -313,6 +317,7 @@ class BundleManifest(Contract):
 
     schema_version: Literal[1] = Field(default=1, alias="schema")
     model_file: str = "model.pt"
+    format: ArtifactFormat = Field(default="torchscript", description="how model_file is loaded (absent: torchscript)")
     files: Dict[str, ArtifactFile] = Field(min_length=1)
     processor: Processor
     task: Task
@@ -331,6 +336,9 @@ class BundleManifest(Contract):
     def _model_file_listed(self) -> BundleManifest:
         if self.model_file not in self.files:
             raise ValueError(f"model_file {self.model_file!r} is not among files")
+        if self.format == "aoti" and self.processor not in ("cpu", "gpu"):
+            raise ValueError(f"format aoti is for cpu and gpu; a {self.processor} bundle is torchscript (what torch-neuron "
+                             "and torch-neuronx produce)")
         return self
 
     @property

@@ -1,5 +1,6 @@
 """Start-up: read the assigned models' entries, admit them within MEMORY_BUDGET_MIB, fetch their bundles
-(sha256-verified) into MODEL_CACHE_DIR, and load each artifact once; every step reports to the repository.
+(sha256-verified) into MODEL_CACHE_DIR, and load each artifact once (TorchScript or AOTInductor, as its manifest
+says); every step reports to the repository.
 
 It runs in a background thread, so the HTTP server answers probes meanwhile. An unreachable store is retried
 with capped exponential backoff (models stay loading, the server not ready, the process alive). A model that
@@ -189,7 +190,7 @@ class ModelLoader:
         repository.waiting(model_ids, f"loading artifact {digest}")
         started = time.monotonic()
         try:
-            artifact = load_artifact(folder, digest, entry, settings.processor, settings.max_batch_size)
+            artifact = load_artifact(folder, digest, entry, settings.processor, settings.max_batch_size, settings.workers)
         except Exception as exc:
             log.exception("loading artifact %s failed", digest)
             repository.fail(model_ids, f"cannot load its artifact {folder}: {exc}")

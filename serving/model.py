@@ -146,8 +146,43 @@ class LoadedArtifact:
                             in zip(named["start_logits"], named["end_logits"], encodings, contexts)]}
 
 
-def load_artifact(folder: Path, digest: str, entry: StoreEntry, processor: str, max_batch_size: int) -> LoadedArtifact:
-    """Load a fetched bundle on this server's processor and warm it up."""
+def aoti_max_batch(compiler_args: Sequence[str]) -> Optional[int]:
+    """The largest batch an AOTInductor package takes, from its manifest's compiler_args (`batch=1..N`, as
+    tracing/aoti.py records it); None when it is not recorded."""
+    for arg in compiler_args:
+        name, _, value = arg.partition("=")
+        _, dots, high = value.partition("..")
+        if name == "batch" and dots and high.isdigit():
+            return int(high)
+    return None
+
+
+def load_module(path: Path, model_format: str, device: str, runners: int = 1) -> Any:
+    """The bundle's model file as a callable of (input_ids, attention_mask), by the manifest's format. An AOTInductor
+    package is loaded with one runner per inference thread: a runner serves one call at a time, and the runners share
+    the package's weights. Loading needs only torch (no compiler): the package holds the compiled shared library."""
+    if model_format == "aoti":
+        return load_aoti_package(path, runners)
+    with warnings.catch_warnings():  # torch marks TorchScript deprecated; Neuron artifacts and older bundles are it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location=device)
+    return module.eval()
+
+
+def load_aoti_package(path: Path, runners: int) -> Any:
+    """AOTInductor's package loader, called directly. torch's load_package first compares this CPU's vector ISA with
+    the compiling machine's by building a probe program with the C++ compiler; the serving images have none, so that
+    step fails and load_package falls back to this same loader, logging that the package is "outdated" (it is not)."""
+    from torch.export.pt2_archive._package import AOTICompiledModel
+
+    loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, max(1, runners), -1)
+    return AOTICompiledModel(loader)
+
+
+def load_artifact(folder: Path, digest: str, entry: StoreEntry, processor: str, max_batch_size: int,
+                  runners: int = 1) -> LoadedArtifact:
+    """Load a fetched bundle on this server's processor (`runners`: the inference threads that may call it at once)
+    and warm it up."""
     label = str(folder / "manifest.json")
     manifest = parse(BundleManifest, json.loads((folder / "manifest.json").read_text(encoding="utf-8")), label)
     if manifest.task != entry.task:
@@ -159,10 +194,13 @@ def load_artifact(folder: Path, digest: str, entry: StoreEntry, processor: str, 
     elif processor == "inf2":
         import torch_neuronx  # noqa: F401
     device = "cuda" if processor == "gpu" else "cpu"
-    with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is what the bundles hold
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(folder / manifest.model_file), map_location=device)
-    module.eval()
+    if manifest.format == "aoti":
+        limit = aoti_max_batch(manifest.compiler_args)
+        if limit is None or max_batch_size > limit:
+            took = f"batches of up to {limit}" if limit else "no recorded batch range (compiler_args has no batch=1..N)"
+            raise ValueError(f"MAX_BATCH_SIZE is {max_batch_size} but its AOTInductor package takes {took}: lower "
+                             f"MAX_BATCH_SIZE or re-trace it with --format aoti --max-batch {max_batch_size} (or more)")
+    module = load_module(folder / manifest.model_file, manifest.format, device, runners)
     encoder = TextEncoder(folder, manifest.sequence_length, question_answering=manifest.task == QUESTION_ANSWERING)
     fixed = manifest.batch_size if processor in ("inf1", "inf2") else None
     artifact = LoadedArtifact(digest, folder, manifest, module, encoder, device, fixed)

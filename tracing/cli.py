@@ -13,9 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from contracts import ContractError, ModelCatalogue, load
+from contracts.models import ARTIFACT_FORMATS
+from tracing.aoti import DEFAULT_MAX_BATCH
 from tracing.pipeline import TraceFailure, TraceResult, plan_jobs, trace_job, up_to_date
 from tracing.profile import BATCHES, ProfileOptions
-from tracing.trace import PROCESSORS, RuntimeMissing, TraceOptions, check_runtime
+from tracing.trace import DEFAULT_FORMAT, PROCESSORS, RuntimeMissing, TraceOptions, check_format, check_runtime
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline-cores", type=_positive_int, default=1,
                    help="inf1: NeuronCores to pipeline one model over (--neuroncore-pipeline-cores)")
     p.add_argument("--workdir", type=Path, default=None, help="Neuron compiler work directory (logs, NEFFs)")
+    p.add_argument("--format", choices=ARTIFACT_FORMATS, default=DEFAULT_FORMAT,
+                   help="artifact format: torchscript (model.pt, every processor) or aoti (model.pt2: torch.export and "
+                        "AOTInductor, cpu and gpu only; needs g++, about a minute of compiling per model)")
+    p.add_argument("--max-batch", type=_positive_int, default=DEFAULT_MAX_BATCH,
+                   help="aoti: the largest batch the package takes (at least the server's MAX_BATCH_SIZE)")
     p.add_argument("--force", action="store_true",
                    help="trace and publish again models whose entries are up to date (replaces a damaged artifact)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -103,12 +110,17 @@ def run_trace(args: argparse.Namespace) -> int:
         if unknown:
             raise ContractError(f"--only: {', '.join(unknown)} not in {args.models}")
         models = [m for m in models if m.id in set(args.only)]
+    check_format(args.processor, args.format)
+    if args.format == "aoti" and max(args.batches) > args.max_batch:
+        raise ValueError(f"--max-batch {args.max_batch} is below the largest batch to profile ({max(args.batches)} of "
+                         "--batches): raise --max-batch or profile smaller batches")
     jobs = plan_jobs(models, args.processor, label=args.models.name, base_dir=args.models.resolve().parent)
     check_runtime(args.processor)
     store = open_store(args.store)
-    opts = TraceOptions(args.processor, pipeline_cores=args.pipeline_cores, workdir=args.workdir, force=args.force)
+    opts = TraceOptions(args.processor, pipeline_cores=args.pipeline_cores, workdir=args.workdir, force=args.force,
+                        format=args.format, max_batch=args.max_batch)
     profile_opts = ProfileOptions(reps=args.reps, warmup=args.warmup, threads=args.threads, batches=tuple(args.batches))
-    current = [] if args.force else [job for job in jobs if up_to_date(job, args.processor, store)]
+    current = [] if args.force else [job for job in jobs if up_to_date(job, args.processor, store, args.format)]
     jobs = [job for job in jobs if job not in current]
     results: List[TraceResult] = []
     failures: List[TraceFailure] = []

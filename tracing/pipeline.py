@@ -86,18 +86,26 @@ def plan_jobs(models: Sequence[ModelSpec], processor: str, label: str = "models.
     return list(jobs.values())
 
 
-def up_to_date(job: TraceJob, processor: str, store) -> bool:
+def up_to_date(job: TraceJob, processor: str, store, model_format: str = "torchscript") -> bool:
     """Every model of the job has an entry for this processor, made from the same source and
-    settings, whose artifact is complete in the store: nothing to trace again (unless forced)."""
-    from store import read_entry
+    settings, whose artifact is complete in the store and of `model_format`: nothing to trace again
+    (unless forced)."""
+    from store import StoreError, read_entry
     from store.bundles import manifest_key
+    from store.manifests import parse_manifest
 
     settings = (job.source_text, job.task, job.sequence_length, job.batch_size, job.precision)
     for model_id in job.model_ids:
         entry = read_entry(store, model_id, processor)
         if entry is None or (entry.source, entry.task, entry.sequence_length, entry.batch_size, entry.precision) != settings:
             return False
-        if not store.exists(manifest_key(entry.artifact)):
+        key = manifest_key(entry.artifact)
+        if not store.exists(key):
+            return False
+        try:
+            if parse_manifest(store.read_bytes(key), key).format != model_format:
+                return False  # traced in the other format: trace it again in this one
+        except (StoreError, ContractError):
             return False
     return True
 
@@ -132,23 +140,25 @@ def trace_job(job: TraceJob, opts: TraceOptions, profile_opts, store, progress: 
     expected = eager_outputs(head, check_inputs)
     example = tuple(check_inputs[k][:1].repeat(job.batch_size, 1) for k in ("input_ids", "attention_mask"))
     lap("load")
-    progress(f"tracing for {opts.processor}")
-    traced = trace_module(head, example, TraceOptions(opts.processor, job.precision, opts.pipeline_cores, opts.workdir))
-    lap("trace")
     outputs = {name: [job.batch_size] + list(t.shape[1:]) for name, t in zip(OUTPUT_NAMES[job.task], expected)}
     with tempfile.TemporaryDirectory(prefix="modelfleet-bundle-") as tmp:
-        folder = Path(tmp)
+        folder, scratch = Path(tmp) / "bundle", Path(tmp) / "compile"  # one filesystem: the package is renamed in
+        folder.mkdir()
+        progress(f"tracing for {opts.processor}" + (" (AOTInductor: export and compile)" if opts.format == "aoti" else ""))
+        traced = trace_module(head, example, TraceOptions(opts.processor, job.precision, opts.pipeline_cores, opts.workdir,
+                                                          format=opts.format, max_batch=opts.max_batch), scratch)
+        lap("trace")
         manifest = write_bundle(
             folder, traced.module, loaded.tokenizer, loaded.config, processor=opts.processor, task=job.task,
             source=job.source_text, shape=loaded.shape, sequence_length=job.sequence_length, batch_size=job.batch_size,
             precision=job.precision, outputs=outputs, labels=loaded.labels, runtime=traced.runtime,
-            compiler_args=traced.compiler_args)
+            compiler_args=traced.compiler_args, model_format=traced.format)
         del traced, head, loaded
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         lap("write")
         progress("profiling in a fresh process")
         profile, check = profile_bundle(folder / manifest.model_file, opts.processor, job.task, job.precision,
-                                        check_inputs, expected, profile_opts)
+                                        check_inputs, expected, profile_opts, model_format=manifest.format)
         lap("profile")
         progress("publishing")
         digest = publish_bundle(store, folder, force=opts.force)

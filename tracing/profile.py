@@ -92,13 +92,14 @@ def run_child(request: Dict[str, Any], timeout_s: float) -> Dict[str, Any]:
 
 
 def profile_bundle(model_file: Path, processor: str, task: str, precision: str, check_inputs: Dict[str, torch.Tensor],
-                   expected: list, options: ProfileOptions) -> Tuple[Profile, Dict[str, Any]]:
-    """Measure the artifact; return its profile and the correctness check (metric, value, limit).
-    Raises ProfileFailed when the artifact's outputs disagree with eager beyond the limit."""
+                   expected: list, options: ProfileOptions, model_format: str = "torchscript") -> Tuple[Profile, Dict[str, Any]]:
+    """Measure the artifact (a TorchScript model.pt or an AOTInductor model.pt2, as `model_format` says); return
+    its profile and the correctness check (metric, value, limit). Raises ProfileFailed when the artifact's
+    outputs disagree with eager beyond the limit."""
     with tempfile.TemporaryDirectory(prefix="modelfleet-check-") as tmp:
         check_file = Path(tmp) / "check.pt"
         torch.save({**check_inputs, "expected": expected}, check_file)
-        got = run_child({"model_file": str(model_file), "processor": processor, "task": task,
+        got = run_child({"model_file": str(model_file), "format": model_format, "processor": processor, "task": task,
                          "check_file": str(check_file), "threads": options.threads, "reps": options.reps,
                          "warmup": options.warmup, "batches": list(options.batches)}, options.timeout_s)
     check = dict(got["check"])

@@ -1,4 +1,5 @@
-"""Trace one eager task head for one processor into a TorchScript module.
+"""Trace one eager task head for one processor into a TorchScript module, or (--format aoti, cpu and
+gpu only) export and compile it into an AOTInductor package (tracing/aoti.py).
 
 cpu: torch.jit.trace, frozen; bf16 is traced under CPU autocast, and freezing folds the weight
 casts into bf16 constants (without it every call re-casts every weight). gpu: the same under
@@ -17,8 +18,17 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
+from contracts.models import ARTIFACT_FORMATS
+from tracing.aoti import DEFAULT_MAX_BATCH
+
 PROCESSORS = ("cpu", "gpu", "inf1", "inf2")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# TorchScript stays the default although AOTInductor measured 7-19 % faster on MiniLM with less memory
+# (bench/results/aoti.md): a package costs ~45-65 s of compiling against ~1 s, runs only on CPUs with the vector
+# instructions of the machine that compiled it, and the benchmarks and test fixtures that read model.pt would need
+# to ask for --format torchscript first. Choose aoti per run (--format aoti) for cpu models where that pays.
+DEFAULT_FORMAT = "torchscript"
+AOTI_PROCESSORS = ("cpu", "gpu")
 
 
 class RuntimeMissing(RuntimeError):
@@ -32,13 +42,26 @@ class TraceOptions:
     pipeline_cores: int = 1  # inf1: NeuronCores one model is split over (--neuroncore-pipeline-cores)
     workdir: Optional[Path] = None  # the Neuron compiler's work directory (its logs and NEFFs)
     force: bool = False  # publish: upload the bundle even if the store has it
+    format: str = DEFAULT_FORMAT  # torchscript | aoti (cpu and gpu)
+    max_batch: int = DEFAULT_MAX_BATCH  # aoti: the largest batch the package takes
 
 
 @dataclass
 class Traced:
-    module: Any  # a torch.jit.ScriptModule
+    module: Any  # a torch.jit.ScriptModule; for format aoti, the Path of the compiled .pt2 package
     compiler_args: List[str] = field(default_factory=list)
     runtime: dict = field(default_factory=dict)
+    format: str = "torchscript"
+
+
+def check_format(processor: str, model_format: str) -> None:
+    """ValueError saying what to use when `model_format` is unknown or not available for `processor`."""
+    if model_format not in ARTIFACT_FORMATS:
+        raise ValueError(f"--format: unknown format {model_format!r}; use one of {', '.join(ARTIFACT_FORMATS)}")
+    if model_format == "aoti" and processor not in AOTI_PROCESSORS:
+        raise ValueError(f"--format aoti is not available for {processor}: AOTInductor packages run on cpu and gpu only, "
+                         f"and {processor} artifacts are compiled by torch-neuron (inf1) or torch-neuronx (inf2), which "
+                         f"produce TorchScript. Trace {processor} with --format torchscript (the default)")
 
 
 def neuron_module(processor: str):
@@ -104,11 +127,34 @@ def _jit(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], device_type
         return torch.jit.freeze(traced.eval())
 
 
-def trace_module(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], opts: TraceOptions) -> Traced:
+def _aoti(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], device_type: str, precision: str,
+          opts: TraceOptions, scratch_dir: Optional[Path], runtime: dict) -> Traced:
+    """Compile into scratch_dir/model.pt2 (a fresh temporary folder by default); write_bundle moves it into the bundle."""
+    import tempfile
+
+    from tracing.aoti import compile_package
+
+    folder = scratch_dir if scratch_dir is not None else Path(tempfile.mkdtemp(prefix="modelfleet-aoti-"))
+    autocast = None if precision == "fp32" else (device_type, AUTOCAST[precision])
+    target = folder / "model.pt2"
+    args = compile_package(module, example, target, autocast=autocast, max_batch=opts.max_batch)
+    if device_type == "cpu":
+        # The kernels are built for the vector instructions of this machine (inductor probes them): a node without
+        # them cannot run the package, so the manifest says which it needs.
+        runtime["cpu_isa"] = str(torch._inductor.cpu_vec_isa.pick_vec_isa()) or "none"
+    return Traced(target, compiler_args=args, runtime=runtime, format="aoti")
+
+
+def trace_module(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], opts: TraceOptions,
+                 scratch_dir: Optional[Path] = None) -> Traced:
+    """The processor's artifact for `module` at `example`; aoti packages are written into `scratch_dir`."""
+    check_format(opts.processor, opts.format)
     runtime = {"torch": torch.__version__}
     if opts.processor == "cpu":
         if opts.precision == "fp16":
             raise ValueError("precision fp16 is not served on cpu (no fast fp16 kernels): use fp32 or bf16")
+        if opts.format == "aoti":
+            return _aoti(module, example, "cpu", opts.precision, opts, scratch_dir, runtime)
         return Traced(_jit(module, example, "cpu", opts.precision), runtime=runtime)
     if opts.processor == "gpu":
         if not torch.cuda.is_available():
@@ -116,7 +162,10 @@ def trace_module(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], opt
                                  f"torch {torch.__version__} and no GPU). Trace gpu inside the gpu image on a g4dn/g5 node")
         module, example = to_device(module, example, "cuda")
         runtime["cuda"] = str(torch.version.cuda)
-        return Traced(_jit(module, example, "cuda", served_precision("gpu", opts.precision)), runtime=runtime)
+        precision = served_precision("gpu", opts.precision)
+        if opts.format == "aoti":
+            return _aoti(module, example, "cuda", precision, opts, scratch_dir, runtime)
+        return Traced(_jit(module, example, "cuda", precision), runtime=runtime)
     if opts.processor in ("inf1", "inf2"):
         neuron = neuron_module(opts.processor)
         args = neuron_compiler_args(opts)
