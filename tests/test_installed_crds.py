@@ -33,6 +33,8 @@ def gateway_docs(tmp_path_factory):
           instances_path=ROOT / "config" / "instances.yaml")
     docs = []
     for p in sorted((d / "dist").rglob("*.yaml")):
+        if any(part.startswith("monitoring-") for part in p.relative_to(d / "dist").parts):
+            continue  # the monitoring charts' templates escape Prometheus's {{ for Helm: not YAML until rendered
         docs += [doc for doc in yaml.safe_load_all(p.read_text(encoding="utf-8")) if doc and doc.get("kind") in GATEWAY_KINDS]
     return docs
 
