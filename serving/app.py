@@ -18,6 +18,7 @@ from serving import v1, v2
 from serving.body import DEADLINE_KEY, drain, too_large
 from serving.config import Settings
 from serving.dataplane import SERVER_VERSION, DataPlane
+from serving.endpoints import direct_endpoint, error_response, internal_error_response
 from serving.errors import ServingError, ShuttingDown
 from serving.loader import ModelLoader
 from serving.metrics import Metrics
@@ -70,7 +71,8 @@ def _inference_path(path: str) -> Optional[Tuple[str, str]]:
 
 class ServingMiddleware:
     """For inference requests: the deadline, the in-flight count, Content-Length against MAX_BODY_BYTES, 503 while
-    shutting down, and the request metrics (status code and latency by model and protocol)."""
+    shutting down, and the request metrics (status code and latency by model and protocol); then the protocol's
+    endpoint itself, past FastAPI's router (serving/endpoints.py); other requests go on to FastAPI."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -109,7 +111,7 @@ class ServingMiddleware:
                 await drain(receive)
                 await error_response(too_large(settings.max_body_bytes))(scope, receive, send_status)
                 return
-            await self.app(scope, receive, send_status)
+            await (direct_endpoint(state.plane, scope) or self.app)(scope, receive, send_status)
         finally:
             state.plane.settle(arrival)
             state.inflight -= 1
@@ -125,10 +127,6 @@ def _content_length(scope: Scope) -> Optional[int]:
             except ValueError:
                 return None
     return None
-
-
-def error_response(error: ServingError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers or None)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -189,7 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return internal_error_response(exc)
 
     @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
     async def healthz() -> Dict[str, Any]:

@@ -13,6 +13,10 @@ row of a batch of 8); with it, 189 of 192 batches ran 5-8 rows and the median la
 one client nothing is on its way, so nothing waits. The forward runs on the executor, never on the event loop.
 Requests whose deadline passed are dropped before their batch runs; a request whose deadline passes while it runs
 gets DeadlineExceeded (504) and its rows are discarded.
+
+The hand-off to an inference thread is one executor job that, once the forward is done, schedules the batch's
+answers on the event loop with call_soon_threadsafe: no asyncio future chained to a concurrent one and no task per
+batch (run_in_executor's machinery), and one timer per request for its deadline instead of asyncio.wait's.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import math
 import time
 from collections import deque
 from concurrent.futures import Executor
-from typing import Any, Callable, Deque, List, Optional, Set
+from typing import Any, Callable, Deque, List, Optional
 
 import numpy as np
 
@@ -85,7 +89,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._batch_s = 0.05  # running estimate of one forward, for Retry-After
         self._closed = False
-        self._running: Set[asyncio.Task] = set()
+        self._batches_running = 0
         self._task: Optional[asyncio.Task] = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{model_id}")
 
     @property
@@ -114,24 +118,20 @@ class Batcher:
         self._rows += rows
         self._report_depth()
         self._wakeup.set()
-        futures = [item.future for item in items]
+        # At the deadline the items not answered yet fail with DeadlineExceeded (a running batch's rows for them are
+        # discarded when it finishes).
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, items)
         try:
-            _done, waiting = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
+            results = [await item.future for item in items]
+        except BaseException:  # a deadline, a failed forward, shutdown, or this request's task cancelled
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
+                elif not item.future.cancelled():
+                    item.future.exception()  # retrieved, so no exception goes unobserved
             raise
-        if waiting or any(f.cancelled() for f in futures):
-            for future in futures:
-                future.cancel()
-            for future in futures:  # retrieve what did finish, so no exception goes unobserved
-                if not future.cancelled():
-                    future.exception()
-            raise self._deadline_error()
-        for future in futures:
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
-        results = [future.result() for future in futures]
+        finally:
+            timer.cancel()
         if len(results) == 1:
             return results[0]
         return [np.concatenate([r[k] for r in results]) for k in range(len(results[0]))]
@@ -153,12 +153,18 @@ class Batcher:
                 await self._task
             self._task = None
         for item in list(self._pending):
-            item.future.cancel()
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown("the server is shutting down: send the request to another replica"))
 
     # ---- the loop ----
     def _deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"model {self.model_id} did not answer within the request deadline (REQUEST_TIMEOUT_MS="
                                 f"{self.timeout_ms:g}): the server is overloaded or the deadline is too short; retry later")
+
+    def _expire(self, items: List[_Item]) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(self._deadline_error())
 
     def _dequeue(self, item: _Item) -> None:
         if item.queued:
@@ -180,7 +186,7 @@ class Batcher:
                 continue
             if item.deadline <= now:  # expired while waiting: never run it
                 self._pending.popleft()
-                item.future.cancel()
+                item.future.set_exception(self._deadline_error())
                 if self.metrics is not None:
                     self.metrics.expired(self.model_id)
                 continue
@@ -201,9 +207,7 @@ class Batcher:
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._start(batch)
 
     async def _collect(self) -> List[_Item]:
         batch: List[_Item] = []
@@ -223,7 +227,7 @@ class Batcher:
             if item is not None or first_at is None:
                 return batch
             now = time.monotonic()
-            coming = self._arriving() + len(self._running)
+            coming = self._arriving() + self._batches_running
             if not keep_filling(rows, self.max_batch_size, coming, now - first_at, now - began, self.max_delay_s):
                 return batch
             left = max(first_at + self.max_delay_s, began + ARRIVING_WAIT_S) - now
@@ -231,22 +235,44 @@ class Batcher:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), left)
 
-    async def _execute(self, batch: List[_Item]) -> None:
-        try:
-            started = time.monotonic()
-            ids = batch[0].ids if len(batch) == 1 else np.concatenate([item.ids for item in batch])
-            mask = batch[0].mask if len(batch) == 1 else np.concatenate([item.mask for item in batch])
-            if self.metrics is not None:
-                for item in batch:
-                    self.metrics.queue_wait(self.model_id, started - item.enqueued)
+    def _start(self, batch: List[_Item]) -> None:
+        """Hand the batch to an inference thread (its slot is held until _finish answers it)."""
+        started = time.monotonic()
+        ids = batch[0].ids if len(batch) == 1 else np.concatenate([item.ids for item in batch])
+        mask = batch[0].mask if len(batch) == 1 else np.concatenate([item.mask for item in batch])
+        if self.metrics is not None:
+            for item in batch:
+                self.metrics.queue_wait(self.model_id, started - item.enqueued)
+        loop = asyncio.get_running_loop()
+        forward, finish = self.forward, self._finish
+
+        def run() -> None:  # on an inference thread
+            outputs: Optional[List[np.ndarray]] = None
+            error: Optional[BaseException] = None
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.forward, ids, mask)
+                outputs = forward(ids, mask)
             except Exception as exc:
-                log.exception("inference failed for model %s (batch of %d rows)", self.model_id, ids.shape[0])
-                error = InferenceFailed(f"inference failed for model {self.model_id}: {exc}")
+                error = exc
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed meanwhile: nobody waits for the answers
+                    loop.call_soon_threadsafe(finish, batch, ids, started, outputs, error)
+
+        self._batches_running += 1
+        try:
+            self._executor.submit(run)
+        except RuntimeError as exc:  # the executor is shut down
+            self._finish(batch, ids, started, None, exc)
+
+    def _finish(self, batch: List[_Item], ids: np.ndarray, started: float, outputs: Optional[List[np.ndarray]],
+                error: Optional[BaseException]) -> None:
+        """On the event loop: the batch's answers (or its failure) to its requests still waiting, and its slot back."""
+        try:
+            if outputs is None:
+                log.error("inference failed for model %s (batch of %d rows)", self.model_id, ids.shape[0], exc_info=error)
+                failure = InferenceFailed(f"inference failed for model {self.model_id}: {error}")
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(error)
+                        item.future.set_exception(failure)
                 return
             elapsed = time.monotonic() - started
             self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
@@ -258,4 +284,5 @@ class Batcher:
                     item.future.set_result([out[offset:offset + item.rows] for out in outputs])
                 offset += item.rows
         finally:
+            self._batches_running -= 1
             self._slots.release()

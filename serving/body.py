@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable, Dict, Optional
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from serving.errors import BodyTooLarge, UnsupportedEncoding
 
@@ -22,24 +23,41 @@ def too_large(limit: int) -> BodyTooLarge:
                         "request (or raise MAX_BODY_BYTES)")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+def header(scope: Scope, name: bytes) -> Optional[str]:
+    """The value of request header `name` (lower-case bytes), or None; read from the ASGI scope, so no Request
+    object (and its header mapping) is built on the inference path."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request's body, read straight from the ASGI receive channel; BodyTooLarge past `limit` bytes,
+    UnsupportedEncoding for a compressed body, ClientDisconnect when the client goes away."""
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
     chunks = []
     size = 0
     over = False
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             over = True
             if size > DRAIN_BYTES:
                 break
-            continue
-        chunks.append(chunk)
+        elif chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     if over:
         raise too_large(limit)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def drain(receive: Callable[[], Awaitable[Dict[str, Any]]], cap: int = DRAIN_BYTES) -> None:
@@ -54,7 +72,7 @@ async def drain(receive: Callable[[], Awaitable[Dict[str, Any]]], cap: int = DRA
             return
 
 
-def deadline_of(request: Request, timeout_ms: float) -> float:
+def deadline_of(scope: Scope, timeout_ms: float) -> float:
     """The request's deadline (time.monotonic()), set on arrival by the server's middleware."""
-    deadline: Optional[float] = request.scope.get(DEADLINE_KEY)
+    deadline: Optional[float] = scope.get(DEADLINE_KEY)
     return deadline if deadline is not None else time.monotonic() + timeout_ms / 1000.0

@@ -7,14 +7,16 @@ A second SIGINT forces the exit.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import time
 from types import FrameType
-from typing import Optional
+from typing import Optional, Tuple
 
 import uvicorn
 
+from serving import json_codec
 from serving.app import ServerState, create_app
 from serving.config import Settings
 
@@ -54,12 +56,27 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def loop_and_http() -> Tuple[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (requirements.txt pins both; the server measured
+    less event-loop CPU a request with them, README "Serving benchmark"), else asyncio and h11 with a log line, so
+    an image or environment without them still serves."""
+    missing = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name) is None]
+    loop = "asyncio" if "uvloop" in missing else "uvloop"
+    http = "h11" if "httptools" in missing else "httptools"
+    if missing:
+        log.warning("serving on %s and %s, which cost more CPU a request: %s not installed (pip install %s)", loop, http,
+                    " and ".join(missing), " ".join(missing))
+    return loop, http
+
+
 def serve(settings: Settings) -> int:
     """Run the server until it is signalled; 0 after a clean drain."""
     app = create_app(settings)
+    loop, http = loop_and_http()
+    log.info("event loop %s, HTTP %s, JSON %s", loop, http, json_codec.describe())
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_config=None,
                             access_log=settings.access_log, server_header=False, timeout_graceful_shutdown=settings.grace_seconds,
-                            backlog=2048)
+                            backlog=2048, loop=loop, http=http)
     server = DrainingServer(config, app.state.serving, settings.grace_seconds)
     server.run()
     return 0 if server.started else 1

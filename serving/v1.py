@@ -2,17 +2,21 @@
 seq_0 / seq_1 query parameters (ARCHITECTURE.md, "Serving API").
 
 This module decodes the body and encodes the answer; the data plane (serving/dataplane.py) checks the model and
-the inputs and runs them, as in KServe's v1 endpoints.
+the inputs and runs them, as in KServe's v1 endpoints. `predictions` is the endpoint itself, on the raw ASGI scope:
+the server's middleware calls it straight after its bookkeeping (serving/endpoints.py), past FastAPI's routing;
+the FastAPI routes below describe it in /docs and call the same function.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, List, Optional, Tuple, Union
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+from starlette.types import Receive, Scope
 
+from serving import json_codec
 from serving.body import deadline_of, read_body
 from serving.dataplane import DataPlane
 from serving.errors import InvalidInput
@@ -50,8 +54,8 @@ class PredictionResponse(BaseModel):
 def parse_prediction(body: bytes) -> Tuple[List[str], Optional[List[str]]]:
     """(texts, contexts) from a POST body; InvalidInput naming the field at fault."""
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = json_codec.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise InvalidInput("body", f"not valid JSON ({exc}): send a JSON object such as {{\"inputs\": [\"a text\"]}}") from None
     if not isinstance(data, dict):
         raise InvalidInput("body", f"must be a JSON object such as {{\"inputs\": [\"a text\"]}}, got {type(data).__name__}")
@@ -82,28 +86,38 @@ def _request_body_doc() -> Any:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictionRequest.model_json_schema()}}}}
 
 
-def create_router(plane: DataPlane) -> APIRouter:
+async def predictions(plane: DataPlane, model_id: str, scope: Scope, receive: Receive) -> Response:
+    """POST (JSON body) or GET (seq_0, seq_1) /predictions/{model_id}: the answer, or a ServingError."""
     settings = plane.settings
+    record = plane.ready_model(model_id)  # 404 or 503 before the body is read
+    deadline = deadline_of(scope, settings.request_timeout_ms)
+    if scope["method"] == "GET":
+        query = QueryParams(scope.get("query_string", b""))
+        seq_0, seq_1 = query.get("seq_0"), query.get("seq_1")
+        if seq_0 is None:
+            raise InvalidInput("seq_0", "required query parameter: the text (and seq_1: a second text or the context)")
+        result = await plane.predict(record, [seq_0], None if seq_1 is None else [seq_1], deadline, fields=("seq_0", "seq_1"))
+    else:
+        texts, contexts = parse_prediction(await read_body(scope, receive, settings.max_body_bytes))
+        result = await plane.predict(record, texts, contexts, deadline)
+    return Response(json_codec.dumps(result), media_type="application/json")
+
+
+def create_router(plane: DataPlane) -> APIRouter:
+    """The routes for /docs; requests to them reach `predictions` through the server's middleware, and through
+    these handlers only where the middleware passes a request on."""
     router = APIRouter(tags=["predictions"])
 
     @router.post("/predictions/{model_id}", response_model=PredictionResponse, openapi_extra=_request_body_doc(),
                  summary="Predict with a model (POST JSON)")
-    async def predict_post(model_id: str, request: Request) -> JSONResponse:
-        record = plane.ready_model(model_id)  # 404 or 503 before the body is read
-        texts, contexts = parse_prediction(await read_body(request, settings.max_body_bytes))
-        result = await plane.predict(record, texts, contexts, deadline_of(request, settings.request_timeout_ms))
-        return JSONResponse(result)
+    async def predict_post(model_id: str, request: Request) -> Response:
+        return await predictions(plane, model_id, request.scope, request.receive)
 
     @router.get("/predictions/{model_id}", response_model=PredictionResponse, summary="Predict with a model (query string)")
     async def predict_get(model_id: str, request: Request,
                           seq_0: Optional[str] = Query(None, description="the text (question answering: the question)"),
                           seq_1: Optional[str] = Query(None, description="the second text (question answering: the context)"),
-                          ) -> JSONResponse:
-        record = plane.ready_model(model_id)
-        if seq_0 is None:
-            raise InvalidInput("seq_0", "required query parameter: the text (and seq_1: a second text or the context)")
-        result = await plane.predict(record, [seq_0], None if seq_1 is None else [seq_1],
-                                     deadline_of(request, settings.request_timeout_ms), fields=("seq_0", "seq_1"))
-        return JSONResponse(result)
+                          ) -> Response:
+        return await predictions(plane, model_id, request.scope, request.receive)
 
     return router

@@ -10,11 +10,12 @@ little-endian length and the bytes). An output is returned binary when it asks f
 the request's parameters.binary_data_output is true; the response then carries the same header and a binary tail.
 
 This module decodes and encodes only: which inputs go together, model metadata and readiness are the data
-plane's (serving/dataplane.py), as in KServe's v2 endpoints.
+plane's (serving/dataplane.py), as in KServe's v2 endpoints. `infer` is the inference endpoint on the raw ASGI
+scope: the server's middleware calls it straight after its bookkeeping (serving/endpoints.py), past FastAPI's
+routing; the FastAPI route describes it in /docs and calls the same function.
 """
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,12 +23,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope
 
-from serving.body import deadline_of, read_body
+from serving import json_codec
+from serving.body import deadline_of, header, read_body
 from serving.dataplane import MODEL_VERSION, TEXT_INPUTS, TOKEN_INPUTS, DataPlane, InferInput
 from serving.errors import InvalidInput
 
 HEADER = "Inference-Header-Content-Length"
+HEADER_KEY = HEADER.lower().encode("latin-1")  # as ASGI gives header names
 INT_TYPES = {"INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
 
 
@@ -52,8 +56,8 @@ def parse_infer_request(body: bytes, header_length: Optional[str]) -> InferReque
     else:
         head, tail = body, b""
     try:
-        data = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = json_codec.loads(head)
+    except ValueError as exc:  # UnicodeDecodeError included
         hint = "" if header_length is not None else f" (with binary tensors, send the {HEADER} header)"
         raise InvalidInput("body", f"not a valid JSON inference request ({exc}){hint}") from None
     if not isinstance(data, dict):
@@ -142,7 +146,7 @@ def _parse_input(raw: Any, field: str, tail: bytes, offset: int) -> Tuple[InferI
             value = flat
         else:
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
-                raise InvalidInput(f"{field}.data", f"{datatype} elements must be integers")
+                raise InvalidInput(f"{field}.data", f"{datatype} elements must be integers (within 64 bits)")
             try:
                 value = np.array(flat, dtype=np.int64).reshape(shape)
             except OverflowError:
@@ -205,14 +209,13 @@ def encode_response(model_id: str, request: InferRequest, outputs: Dict[str, np.
     header: Dict[str, Any] = {"model_name": model_id, "model_version": MODEL_VERSION, "outputs": header_outputs}
     if request.id is not None:
         header["id"] = request.id
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head = json_codec.dumps(header)
     if not tail:
         return Response(head, media_type="application/json")
     return Response(head + b"".join(tail), media_type="application/octet-stream", headers={HEADER: str(len(head))})
 
 
 def create_router(plane: DataPlane) -> APIRouter:
-    settings = plane.settings
     router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
     @router.get("", summary="Server metadata")
@@ -247,10 +250,17 @@ def create_router(plane: DataPlane) -> APIRouter:
                          "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a cat sat on the mat"]}]}}},
                      "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     @router.post("/models/{model_id}/versions/{version}/infer", include_in_schema=False)
-    async def infer(model_id: str, request: Request, version: Optional[str] = None) -> Response:
-        record = plane.ready_model(model_id, version)  # 404 or 503 before the body is read
-        parsed = parse_infer_request(await read_body(request, settings.max_body_bytes), request.headers.get(HEADER))
-        outputs = await plane.infer(record, parsed.inputs, deadline_of(request, settings.request_timeout_ms))
-        return encode_response(model_id, parsed, outputs)
+    async def infer_route(model_id: str, request: Request, version: Optional[str] = None) -> Response:
+        # For /docs; requests reach `infer` through the server's middleware, and through here only where it passes one on.
+        return await infer(plane, model_id, version, request.scope, request.receive)
 
     return router
+
+
+async def infer(plane: DataPlane, model_id: str, version: Optional[str], scope: Scope, receive: Receive) -> Response:
+    """POST /v2/models/{model_id}[/versions/{version}]/infer: the answer, or a ServingError."""
+    settings = plane.settings
+    record = plane.ready_model(model_id, version)  # 404 or 503 before the body is read
+    parsed = parse_infer_request(await read_body(scope, receive, settings.max_body_bytes), header(scope, HEADER_KEY))
+    outputs = await plane.infer(record, parsed.inputs, deadline_of(scope, settings.request_timeout_ms))
+    return encode_response(model_id, parsed, outputs)

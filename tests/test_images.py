@@ -39,7 +39,8 @@ CONTEXT_SOURCES = {"contracts/", "store/", "serving/", "loadtest/", "serving/doc
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|cc1|clang|build-essential|make|cmake|python3?(\.\d+)?-dev|libpython3?(\.\d+)?-dev|gnupg|curl|wget)\b"
 )
-SERVER_PACKAGES = {"torch", "tokenizers", "fastapi", "uvicorn", "prometheus-client", "pydantic", "pyyaml", "boto3", "numpy"}
+SERVER_PACKAGES = {"torch", "tokenizers", "fastapi", "uvicorn", "prometheus-client", "pydantic", "pyyaml", "boto3", "numpy",
+                   "uvloop", "httptools", "orjson"}  # the last three: its fast path (serving/server.py, serving/json_codec.py)
 START_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 30.0
 
