@@ -12,6 +12,21 @@ from contracts import ContractError
 
 EXIT_BAD_INPUT = 2
 
+# What `synth` writes (charts/synth.py write_dist and write_monitoring); a test holds it to a real dist/.
+SYNTH_DESCRIPTION = (
+    "Write, all or nothing: dist/manifests/ (00-cluster.yaml and servers/<server>.yaml, rendered with "
+    "the config's values: what reviewers read and tests validate; each server's Deployment, Service, "
+    "ConfigMap, PodDisruptionBudget, HTTPRoutes and what scales it: a KEDA ScaledObject on its requests "
+    "in flight for gpu/inf1/inf2 servers, the CPU HorizontalPodAutoscaler for cpu servers, as the "
+    "config's `autoscaling` chooses), dist/envoy-gateway/envoyproxy.yaml (the NLB settings, Envoy "
+    "Gateway's API), dist/helm/cluster/ and dist/helm/servers-NNN/ (chart folders whose templates take "
+    "images, store URI and role ARN from Helm values), dist/monitoring/ (for kube-prometheus-stack: "
+    "podmonitor.yaml, the servers' PodMonitor; rules/00-fleet.yaml and rules/<server>.yaml, "
+    "PrometheusRules from each server's SLO; dashboard.yaml, the Grafana dashboard as a ConfigMap for "
+    "Grafana's sidecar) and the same objects as dist/helm/monitoring-NNN/ charts of at most 1 MiB of "
+    "templates each, dist/routes.json and dist/summary.json. A bad plan or config is one error on "
+    "stderr, exit code 2, and nothing written.")
+
 
 def _jobs(text: str) -> int:
     n = int(text)
@@ -26,13 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kubernetes manifests for a plan, through cdk8s (ARCHITECTURE.md, 'Getting manifests to the cluster').")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
-        "synth", help="plan.json + config/<env>.yaml -> dist/ (manifests, Helm chart shards, routes.json)",
+        "synth", help="plan.json + config/<env>.yaml -> dist/ (manifests, Helm chart shards, monitoring, routes.json)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Write, all or nothing: dist/manifests/ (rendered with the config's values: what reviewers read and "
-                    "tests validate), dist/envoy-gateway/envoyproxy.yaml (the NLB settings, Envoy Gateway's API), "
-                    "dist/helm/cluster/ and dist/helm/servers-NNN/ (chart folders whose templates take images, store URI "
-                    "and role ARN from Helm values), dist/routes.json and dist/summary.json. A bad plan or config is "
-                    "one error on stderr, exit code 2, and nothing written.")
+        description=SYNTH_DESCRIPTION)
     p.add_argument("--plan", required=True, type=Path, help="plan.json from `python -m packing plan`")
     p.add_argument("--config", required=True, type=Path, help="environment config, e.g. config/dev.yaml")
     p.add_argument("--instances", type=Path, default=Path("config/instances.yaml"),

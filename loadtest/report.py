@@ -311,8 +311,9 @@ def markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PROMETHEUS_COLUMNS = ("server", "load test P90", "Prometheus P90", "Prometheus / load test", "bucket of the load test's P90",
-                      "requests: load test", "requests: Prometheus counter", "requests: increase()")
+PROMETHEUS_COLUMNS = ("server", "window R", "load test P90", "Prometheus P90", "Prometheus / load test",
+                      "bucket of the load test's P90", "requests: load test", "requests: Prometheus counter",
+                      "requests: increase()")
 
 
 def _bucket_text(bucket: Optional[List[Optional[float]]]) -> str:
@@ -336,7 +337,7 @@ def prometheus_markdown(p: Dict[str, Any]) -> List[str]:
     for r in p.get("servers", []):
         increase = r.get("requests_increase")
         lines.append("| " + " | ".join([
-            r["server"], fmt_ms(r["load_test_p90_ms"]),
+            r["server"], f"{r['range_s']:.1f} s" if r.get("range_s") is not None else "–", fmt_ms(r["load_test_p90_ms"]),
             fmt_ms(r["prometheus_p90_ms"]) if r["prometheus_p90_ms"] is not None else f"– ({r.get('why_none')})",
             f"{r['ratio']:.2f}" if r["ratio"] is not None else "–", _bucket_text(r["load_test_bucket_ms"]),
             str(r["requests_answered"]), f"{r['requests_counted']:g}" if r["requests_counted"] is not None else "–",
@@ -345,7 +346,8 @@ def prometheus_markdown(p: Dict[str, Any]) -> List[str]:
                   "percentile (the server's buckets, serving/metrics.py LATENCY_BUCKETS) and interpolates linearly inside "
                   "it, so the two P90s are expected to agree only to within that bucket's width. The server also times a "
                   "request from its arrival to its response, where the load test times it from its scheduled send to the "
-                  "last byte, so Prometheus's figure is a little lower."]
+                  "last byte, so the server's own times are a little shorter; inside the bucket, the interpolation can still put "
+                  "Prometheus's P90 on either side of the load test's."]
     return lines
 
 

@@ -2,7 +2,8 @@
 `stacks.plan`, plans/<env>.json; `-c plan.<env>=PATH` for any environment, pipeline stages included),
 `-c tag=TAG` (every image's tag, the pipeline's commit), `-c dist=PATH` (a `charts synth` output for
 that plan and environment; default: made here, in a process of its own, from the effective config,
-and cached under .cdk-dist/<env>/ or `-c dist_cache=DIR`), `-c overrides.<env>='{"stacks":
+and cached under .cdk-dist/<env>/ or `-c dist_cache=DIR`, made again when the plan, the config or the
+charts code changes), `-c overrides.<env>='{"stacks":
 {"endpoint_cidrs": [...]}}'` (a partial config/<env>.yaml merged over the file), `-c pipeline=...`,
 `-c nag=false` (skip cdk-nag), `-c pipeline.<key>=...` (pipeline settings of stacks/defaults.py
 PIPELINE).
@@ -38,6 +39,7 @@ from aws_cdk import App, Validations  # noqa: E402
 from charts.config import ecr_parts, helm_values  # noqa: E402
 from contracts.loading import write_atomic  # noqa: E402
 from stacks import defaults  # noqa: E402
+from stacks.dist_cache import INSTANCES_FILE, dist_inputs  # noqa: E402
 from stacks.settings import (  # noqa: E402
     REPO_ROOT,
     EnvSettings,
@@ -116,7 +118,8 @@ def _dist_images(path: Path) -> Optional[Dict[str, Any]]:
 def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Optional[str] = None) -> Path:
     """A `charts synth` output for this environment's plan and effective config: the given one (checked:
     same plan, environment and images), or one made from the effective config (written beside it) and
-    cached, keyed by the inputs' digests, under .cdk-dist/<env>/."""
+    cached under .cdk-dist/<env>/, keyed by the digests of the plan, the config and the code that writes it
+    (stacks.dist_cache: an edit to charts/ or contracts/ makes a new one)."""
     plan_sha = hashlib.sha256(settings.plan_path.read_bytes()).hexdigest()
     images = helm_values(settings.config)["images"]
     if dist:
@@ -137,8 +140,10 @@ def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Option
                                 "`python -m charts synth` with the same config (and tag), or leave -c dist out")
         return path
     text = yaml.safe_dump(settings.document, sort_keys=False)
-    config_sha = hashlib.sha256(text.encode()).hexdigest()
-    key = f"{plan_sha}\n{config_sha}\n"
+    try:
+        key = dist_inputs(REPO_ROOT, settings.plan_path.read_bytes(), text).key
+    except FileNotFoundError as exc:
+        raise SettingsError(str(exc)) from None
     cache = Path(cache_dir) if cache_dir else REPO_ROOT / DIST_CACHE
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / settings.env
@@ -150,7 +155,7 @@ def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Option
         # A process of its own: cdk8s and its jsii kernel stay out of this one (memory, start-up).
         command = [sys.executable, "-m", "charts", "synth", "--plan", str(settings.plan_path),
                    "--config", str(config), "--out", str(out), "--quiet",
-                   "--instances", str(REPO_ROOT / "config" / "instances.yaml")]
+                   "--instances", str(REPO_ROOT / INSTANCES_FILE)]
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SettingsError(f"`{' '.join(command[1:])}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")

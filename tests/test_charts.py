@@ -762,3 +762,36 @@ def test_the_charts_modules_import_no_cycle():
 
     cycles = [c for c in map(cycle_from, sorted(graph)) if c]
     assert cycles == []
+
+
+def _help_name(rel: str) -> str:
+    """How `charts synth --help` names a file it wrote: server ids as <server>, shard numbers as NNN."""
+    parts = rel.split("/")
+    if parts[0] == "helm":
+        return "dist/helm/" + re.sub(r"-\d{3}$", "-NNN", parts[1]) + "/"
+    if parts[:2] == ["manifests", "servers"]:
+        return "servers/<server>.yaml"
+    if parts[:2] == ["monitoring", "rules"] and parts[2] != "00-fleet.yaml":
+        return "rules/<server>.yaml"
+    if parts[0] in ("manifests", "monitoring"):
+        return "/".join(parts[1:])
+    return f"dist/{rel}"
+
+
+def test_synth_help_names_every_file_and_kind_it_writes(hand):
+    """The command's description against a real dist/: every folder and file family, and every kind of object
+    in the servers' manifests and the monitoring objects (the hand plan's accelerator servers get ScaledObjects)."""
+    from charts.cli import SYNTH_DESCRIPTION
+
+    dist = hand[0] / "dist"
+    written = [p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file() and p.name != MARKER]
+    assert any(r.startswith("helm/monitoring-") for r in written) and any(r.startswith("monitoring/rules/") for r in written)
+    names = {_help_name(r) for r in written} | {f"dist/{r.split('/')[0]}/" for r in written if "/" in r}
+    missing = sorted(n for n in names if n not in SYNTH_DESCRIPTION)
+    assert not missing, f"`charts synth --help` does not name {missing}"
+    kinds = {d["kind"] for d in load_docs(dist / "manifests" / "servers") + load_docs(dist / "monitoring")}
+    assert {"ScaledObject", "HorizontalPodAutoscaler", "PodMonitor", "PrometheusRule"} <= kinds
+    assert sorted(k for k in kinds if k not in SYNTH_DESCRIPTION) == []
+    shown = subprocess.run([sys.executable, "-m", "charts", "synth", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0 and "PodMonitor" in shown.stdout and "ScaledObject" in shown.stdout, shown.stderr

@@ -245,6 +245,8 @@ def test_real_prometheus_counts_the_open_loop_and_computes_its_p90_from_exactly_
         md = (out / "report.md").read_text()
         assert "### Prometheus over the same window" in md and "| " + " | ".join(reporting.PROMETHEUS_COLUMNS) + " |" in md
         assert "interpolates linearly" in md and "LATENCY_BUCKETS" in md
+        # the window R the query reaches back over, beside the P90s it gave
+        assert f"| {row['server']} | {row['range_s']:.1f} s | {reporting.fmt_ms(measured)} |" in md
     finally:
         server.terminate()
         server.stop()
