@@ -11,7 +11,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test bench-pack bench-replan bench-trace bench-aoti bench-serve bench-latency lint clean checkov-env promtool
+.PHONY: demo test bench-pack bench-pack-curves bench-replan bench-trace bench-aoti bench-serve bench-latency lint clean checkov-env promtool
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,12 @@ test: $(STAMP) $(CHECKOV_STAMP) promtool
 
 bench-pack: $(STAMP)
 	$(PY) -m bench.packing --out bench/results/packing.json
+
+# Cost and bound against the time limit (5, 15, 60, 300 s) for the mixed 3,040 catalogue with and without SLO tiers,
+# the 20- and 50-bin exact-fill instances and 100,000 models, first-fit decreasing beside them; a plot. About 25
+# minutes on 2 cores (`python -m bench.packing_curves --quick`: 5-60 s, no 100,000, about 4 minutes).
+bench-pack-curves: $(STAMP)
+	$(PY) -m bench.packing_curves --out bench/results/packing_curves.json
 
 bench-replan: $(STAMP)
 	$(PY) -m bench.replanning --out bench/results/replanning.json

@@ -128,14 +128,14 @@ def _ratio(a: float, b: Optional[float]) -> Optional[float]:
 
 
 def _plan_child(data: Optional[Dict[str, Any]], models_path: str, use_reference: bool, opts: PackingOptions,
-                plan_path: str, queue: Any) -> None:
+                plan_path: str, queue: Any, instances_path: str = str(INSTANCES)) -> None:
     """The planner, in a process of its own so that a run past the wall-clock cap can be stopped.
     Its time: parsing `data` (or loading `models_path` when data is None), resolving profiles and
     `plan_servers`."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # HiGHS prints its banner straight to stdout; the parent's table stays clean
     try:
-        catalogue = contracts.load(InstanceCatalogue, INSTANCES)
+        catalogue = contracts.load(InstanceCatalogue, instances_path)
         reference = contracts.load(ReferenceProfiles, REFERENCE) if use_reference else None
         start = time.perf_counter()
         if data is None:
@@ -153,10 +153,13 @@ def _plan_child(data: Optional[Dict[str, Any]], models_path: str, use_reference:
 
 
 def run_planner(data: Optional[Dict[str, Any]], models_path: Path, use_reference: bool, opts: PackingOptions,
-                plan_path: Path, wall_limit: float, say: Callable[[str], None]) -> Dict[str, Any]:
+                plan_path: Path, wall_limit: float, say: Callable[[str], None],
+                instances: Path = INSTANCES) -> Dict[str, Any]:
+    """`_plan_child` over the instance catalogue `instances` (config/instances.yaml unless given)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_plan_child, args=(data, str(models_path), use_reference, opts, str(plan_path), queue),
+    child = ctx.Process(target=_plan_child,
+                        args=(data, str(models_path), use_reference, opts, str(plan_path), queue, str(instances)),
                         daemon=True)
     started = time.perf_counter()
     child.start()

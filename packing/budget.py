@@ -1,10 +1,14 @@
 """The solve's time budget: one object that says when each stage must end.
 
-A plan gets `--time-limit` seconds in all. The stages end at fixed shares of it, measured from
-the start: the solver (column generation, rounding and the choice of instance sizes, each at a
-share of the solver's own budget), then the re-plan of part-empty nodes, then emptying
+A plan gets `--time-limit` seconds in all, counted from before the demand model is built. The
+stages end at fixed shares of it: the solver (column generation, rounding and the choice of
+instance sizes, each at a share of the solver's own budget, which runs from when the solver
+starts to its end and is at least a second), then the re-plan of part-empty nodes, then emptying
 part-filled servers, which has the rest. The re-planner splits its budget between packing new
-and displaced models and consolidation the same way.
+and displaced models and consolidation the same way. The shares say when a stage should stop, not
+how long it runs: a stage that overruns (one HiGHS solve past its limit) leaves the later ones
+less, and a stage that finds its end already past either skips (the re-plan of part-empty nodes)
+or runs for its floor (the solver's second, `until`).
 """
 from __future__ import annotations
 

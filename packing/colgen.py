@@ -6,20 +6,26 @@ The master (a PuLP model in `packing.formulation`; here kept in HiGHS for fast r
     subject to  sum_j a_ij x_j                >= n_i          for every class i          (pi_i)
                 sum_{j in t} r_j x_j           <= slots_t N_t  for every shape t          (sigma_t)
                 sum_{j in t} r_j host_j x_j    <= host_t N_t   for every shape t          (rho_t)
+                sum_{j in t, host_j > host_t/q} r_j x_j <= (q - 1) N_t   for q in BIG_POD_SPLITS
                 x, N >= 0
 
 where a column j is a *server pattern* on shape t: a_ij models of class i in each of its r_j
-pods, host_j the host memory of one pod. Pricing a shape is a knapsack with three constraints (pod
-memory, utilisation, host memory for models) and values pi_i - r rho_t h_i. Most rounds price it
-by a rounded LP; when that finds no column, HiGHS solves it as a MIP (packing/knapsack.py: to a
-1e-3 relative gap within 2 s), so "no column prices out" means optimal to that gap, not exactly.
-The bound below never relies on it: it uses the knapsack's proven dual bound.
+pods, host_j the host memory of one pod. Models hot on every shape they may use have rows of
+demand 0: each gets servers of its own, priced apart (`hot_total`). Pricing a shape is a knapsack
+with three constraints (pod memory, utilisation, host memory for models) and values
+pi_i - r rho_t h_i. Most rounds price it by a rounded LP; when that finds no column, HiGHS solves
+it as a MIP (packing/knapsack.py: to a 1e-3 relative gap within 2 s), so "no column prices out"
+means optimal to that gap, not exactly. The bound below never relies on it: it uses the
+knapsack's proven upper bound.
 
 Bound. For any duals pi >= 0 and rho >= 0, one node of shape t can earn at most
     V_t = slots_t x max(0, max_j (pi.a_j - r_j rho_t host_j) / r_j) + host_t x rho_t
-(LP duality on the node's own slot and host rows), so theta = min(1, min_t price_t / V_t) makes
-theta x pi dual feasible and theta x sum_i n_i pi_i is a lower bound on every plan (Farley).
-Pricing for the bound uses the classes' `lo` values and the knapsack's proven dual bound, so the
+(LP duality on the node's own slot and host rows; the big-pod rows are left out, which only
+relaxes), so theta = min_t price_t / V_t makes theta x pi dual feasible and theta x sum_i n_i pi_i
+is a lower bound on every plan (Farley). theta is not capped at 1: when no node earns its price at
+these duals, scaling them up is still dual feasible. Tiers of one instance type share nodes, so
+V is taken per instance type, over the best pod of any of its tiers.
+Pricing for the bound uses the classes' `lo` values and the knapsack's proven upper bound, so the
 bound holds for the real models even when the loop stopped early.
 """
 from __future__ import annotations
@@ -43,8 +49,9 @@ COLUMNS_PER_ROUND = 3  # per shape: the knapsack's answer, then greedy answers o
 BIG_POD_SPLITS = (2, 3)
 BOUND_EVERY = 15  # rounds between lower-bound evaluations
 ROUND_UP_FROM = 0.35  # in iterated rounding, a column at 0.65 or more counts as a whole server
-# Each rounding pass fixes at least this share of the LP support, the largest columns first; 0
-# fixes just one (the largest) when no column rounds up by itself, which rounded best here.
+# A rounding pass in which fewer than this share of the LP support rounds up by itself also fixes
+# the largest columns up to that share. 0 (what rounded best here) means: only when no column
+# rounds up by itself, and then just the largest one.
 DIVE_FRACTION = 0.0
 
 
@@ -304,9 +311,10 @@ class ColumnGeneration:
     def run(self, deadline: float, target_gap: float = 0.002,
             progress: Optional[Callable[[int, float, float], None]] = None,
             warm: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ColGenResult:
-        """Price at the master's duals until no column prices out (the LP is then optimal), the LP
-        is within `target_gap` of the best proven bound, or the deadline passes. Pricing is the
-        rounded LP relaxation of each knapsack; the exact knapsack runs only when that finds
+        """Price at the master's duals until no column prices out (the LP is then optimal to the
+        knapsack MIP's 1e-3 gap: `converged`), the LP is within `target_gap` of the best proven
+        bound, or the deadline passes (checked after each round that added columns). Pricing is
+        the rounded LP relaxation of each knapsack; the knapsack MIP runs only when that finds
         nothing. `warm` duals (the fluid relaxation's) give the first bound."""
         start = time.perf_counter()
         self.seed_columns()
@@ -369,8 +377,8 @@ class ColumnGeneration:
             support = np.flatnonzero(x > 1e-9)
             if support.size == 0:
                 break
-            # Dive: when no column rounds up by itself, fix the largest (DIVE_FRACTION of the
-            # support at least, and never none), so every pass makes progress.
+            # Dive: when fewer than `want` columns round up by themselves, fix the largest `want`
+            # (at least one), so every pass fixes a server.
             want = max(1, int(DIVE_FRACTION * support.size))
             if int((whole > 0).sum()) < want:
                 for j in support[np.argsort(-x[support], kind="stable")][:want]:

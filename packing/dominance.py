@@ -15,10 +15,13 @@ def _kind(s: NodeShape) -> tuple:
 
 
 def undominated(dem: Demand, shapes: Sequence[NodeShape]) -> List[int]:
-    """Shapes worth considering. B is dominated by A (same processor, cores and caps) when one A
-    node can take the place of any B node at no higher price: at least as many slots, as much
-    pod memory, and room for whatever host memory B's pods could need. Dropping B changes no
-    optimum, so a bound over the rest still holds for the whole catalogue."""
+    """Shapes worth considering, in their order. B is dominated by A (same processor, cores,
+    utilisation cap and SLO tier: a model loads a pod of either alike) when one A node can take
+    the place of any B node at no higher price: at least as many slots, as much pod memory, no
+    larger server base, and room for whatever host memory B's pods could need, one pod and a
+    node of them. At one price A must also come first by name, so of two identical shapes one
+    stays. Dropping B changes no optimum's cost, so a bound over the rest still holds for the
+    whole catalogue."""
     most_host = []
     for t, s in enumerate(shapes):
         ok = dem.eligible[:, t]

@@ -6,11 +6,16 @@
                 sum_i g_i a_i <= G    (host memory the node can give the pod)
                 0 <= a_i <= b_i integer
 
-Three answers, from cheap to exact: a greedy packing (fast columns), a HiGHS MIP (exact
-columns), and a proven upper bound (for the lower bound on the plan): Lagrangian relaxation of
-the utilisation and host rows with multipliers from the LP relaxation, then an exact dynamic
-programme over memory with weights rounded *down* to a grid, which can only enlarge the
-feasible set, so the result is always an upper bound.
+Four answers, from cheap to costly: a greedy packing (`greedy`), the LP relaxation rounded down
+and filled greedily (`lp_round`, most rounds' columns), a HiGHS MIP (`solve`) and a proven upper
+bound (`upper_bound`, for the lower bound on the plan). None of the first three is exact: the MIP
+stops at a 1e-3 relative gap or at its time limit (2 s unless given), whichever comes first, and
+then returns the best packing it has (all zeros if it found none), so it may miss the optimum by
+0.1% or, past the limit, by more. Every answer is a feasible packing (the MIP's to HiGHS's
+feasibility tolerance). Only the upper bound is a proof: Lagrangian relaxation of the utilisation
+and host rows with multipliers from the LP relaxation, then an exact dynamic programme over
+memory with weights rounded *down* to a grid, which can only enlarge the feasible set, so the
+result is always an upper bound; it is capped at the LP relaxation's value, itself a bound.
 """
 from __future__ import annotations
 
@@ -61,8 +66,10 @@ def new_highs() -> highspy.Highs:
 
 
 def dp_bounded_knapsack(values: np.ndarray, weights: np.ndarray, counts: np.ndarray, capacity: int) -> float:
-    """Exact max of sum v a subject to sum w a <= capacity, 0 <= a <= counts, integer weights
-    (binary splitting of the counts turns it into a 0-1 knapsack over at most log2(b) copies)."""
+    """Exact max of sum v a subject to sum w a <= capacity, 0 <= a <= counts, for integer weights
+    (a fractional weight is truncated: callers round down to a grid first). Binary splitting of
+    the counts turns it into a 0-1 knapsack over about log2(b) + 1 copies per item. Items worth
+    0 or less are never taken; weightless ones (weight 0 or less) always, all of them."""
     best = np.zeros(capacity + 1)
     free = 0.0
     for v, w, b in zip(values, weights, counts, strict=True):
@@ -117,8 +124,9 @@ class Knapsack:
 
     def greedy(self, values: np.ndarray, start: np.ndarray | None = None,
                prices: np.ndarray | None = None, ub: np.ndarray | None = None) -> Tuple[float, np.ndarray]:
-        """Fill greedily, from `start` (default empty), items in order of value per unit of size;
-        size weighs the three resources by `prices` (default: the scarcest resource alone)."""
+        """Fill greedily, from `start` (default empty), items in order of value per unit of size,
+        each as many times as fits; size weighs an item's shares of the three caps by `prices`
+        (default: its largest share of any one cap). Feasible, not optimal."""
         counts = np.zeros(self.n, int) if start is None else start.astype(int).copy()
         ub = self.ub if ub is None else np.minimum(self.ub, ub)
         pos = np.flatnonzero((values > EPS) & (ub > counts))
@@ -171,7 +179,8 @@ class Knapsack:
         return self.greedy(values, start=start, prices=prices)
 
     def solve(self, values: np.ndarray) -> Tuple[float, np.ndarray]:
-        """The MIP's best answer (optimal within 0.1%, or the best found in the time limit)."""
+        """The MIP's best answer: within 0.1% of the optimum (`mip_rel_gap` 1e-3) when it finishes
+        inside its time limit, else the best packing found by then, which may be empty."""
         if self.n == 0 or not (values > EPS).any():
             return 0.0, np.zeros(self.n, int)
         pos = self._set(self._mip, values)
