@@ -33,7 +33,7 @@ the server's own host work h per request (tokenising, HTTP, JSON), at the rate l
 
 Where the estimate is off, and which way: a pod of models with unlike service times waits longer than
 constant service says (the target is low: scale-out comes early, never late); a CPU request capped
-at the node's CPU share understates the host term; batching under load (not in the latency model) lets a
+at the node's CPU share understates the host term; batching under load (not in the plan's figures) lets a
 pod carry more than u* before it has L* in flight, so it scales out at a little above its cap. The target
 is rounded down to a tenth (early rather than late) and is never below 1 (one request in flight means a
 lightly loaded pod, not a reason to add pods).

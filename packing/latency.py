@@ -16,9 +16,57 @@ Poisson arrivals, and the service-time mix of its models. Assumptions, each a ch
   exact in the mean (Pollaczek-Khinchine); for c > 1 it is the standard approximation.
 - **The response** of model i is its wait plus its own service time, W + S_i, and its P90 is
   found from that convolution. The pod's predicted P90 is the largest over its models.
-- Requests are served one at a time at the length the profile was measured at (the traced
-  length, or shorter where the server trims a batch to its longest text, which makes real
-  latency lower). Batching under load, which only adds capacity, is not modelled.
+- Requests are served at the length the profile was measured at (the traced length, or shorter
+  where the server trims a batch to its longest text, which makes real latency lower).
+
+Those are the batch-1 model: every request its own forward.
+
+**Batching** (`batching_prediction`) is the server's own queue (serving/batcher.py): one FIFO
+queue of rows per model, `c` inference slots shared by all models and granted first come first
+served to the models' batchers (a model's batcher waits for a slot only with a row to run, so at
+most once at a time), and a batch of up to B = MAX_BATCH_SIZE rows of one model, taken when its
+batcher gets a slot or, with MAX_DELAY_MS = D > 0, held on the slot until D after its first row
+arrived or until full. Its assumptions, each a choice:
+
+- **Batch service** of b rows of model i is lognormal through the model's batch curve (the
+  profile's `by_batch` p50 and p90, linear between the measured sizes and past the largest on
+  the last slope, never falling; a profile with batch 1 alone gets b times batch 1, no gain),
+  plus b times the server's own work per row on cpu pods.
+- **Batch sizes**: a batch holds its first row and the rows of its model that arrive while that
+  row waits for a slot (or, with D, until the later of that and D), up to B. The wait being 0 or
+  exponential, the rows that join are Poisson mixed over it: none, or geometric.
+- **The wait** keeps Allen and Cunneen's form, 0 or exponential, at the load a = sum of
+  lambda_i e_i, e_i the slot time per row at model i's batch sizes (holds included). Its mean is
+  a mean-value balance: W_i = (C R + the work queued ahead of the row) / c, where a row of
+  another model ahead costs its e_j, and a row of the same model ahead costs nothing while it
+  fits in the same batch: only full batches of its model ahead count (for a geometric count of
+  rows ahead, h_i per row). Solved, W_i = (C R + T) / (c + lambda_i (e_i - h_i)), T = the sum of
+  lambda_j e_j W_j. At B = 1, h_i = e_i = E[S_i] and this is the batch-1 model exactly; for one
+  model on one slot it is the rest of the batch in service (the rows behind it go together),
+  where M/G/1 at the same load adds the queue's 1 / (1 - rho). A row's own model's holds are left
+  out of its C and R: a row that arrives during its model's hold joins the held batch.
+- **The response** is the later of the wait and the rest of the batch's window (D; the first row
+  sees all of it, a later row a uniform part), plus the service of the batch the row is in (the
+  batch-size distribution weighted by rows); its P90 from that convolution. Batch sizes and
+  waits are found together, by damped iteration to a fixed point.
+- The row's wait and its batch's size are taken as independent (a longer wait means a larger
+  batch), and the server's short wait for rows on their way (ARRIVING_WAIT_S, at most 4 ms a
+  batch) is left out. The P90 is infinite only where full batches would not keep up
+  (sum of lambda_i x a full batch's mean / B >= c); past the batch-1 capacity it is finite.
+
+Against an event-by-event simulation of that queue (tests/test_batching_latency.py: one model of
+30 ms and a mix of it with an 11 ms model, b rows costing 0.55 + 0.45 b of one, 1 and 2 slots, 0.2
+to 0.9 of the batch-1 capacity, B = 8) every stream's simulated P90 was 0.89-1.12 of the
+predicted one, and 0.87-1.02 with D = 5 ms; the tests hold both to 0.8-1.25. With D as long as
+the slow model's forward (30 ms) the ratio falls to 0.69 on mixed pods: pessimistic there.
+
+The packer's caps and the plan's `predicted.p90_ms` stay on the batch-1 model. Batching adds
+capacity (full batches carry more than one row a forward), and under load its P90 is far below the
+batch-1 one, so a cap found without it never admits more than the server carries; the plan states
+no MAX_BATCH_SIZE for its servers (the charts leave the server's default) and inline profiles carry
+no batch curve. The batch-1 P90 is not a strict bound, though: with several slots at moderate load
+greedy batches (two rows together where a second slot would soon be free) put the simulated P90
+up to about 10% (2 slots) and 20% (4 slots) above it, at 0.4-0.7 of capacity with the curve above.
 
 Pure functions over floats and numpy arrays; the packer calls them for a tier's utilisation cap
 and the plan writer for each pod's figures.
@@ -28,7 +76,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -321,3 +369,340 @@ def mmc_p90_ms(cores: int, utilisation: float, mean_ms: float, slowest_p90_ms: f
     c_wait = erlang_c(cores, a)
     wait = 0.0 if c_wait <= 0.1 else mean_ms * math.log(10 * c_wait) / (cores - a)
     return slowest_p90_ms + wait
+
+
+# ---- batching: the server's per-model batchers on shared slots ----------------------------------
+
+BATCH_ITERATIONS = 2000  # damped steps of the batch-size / wait fixed point; it settles in tens
+BATCH_TOLERANCE = 1e-9  # relative change of every wait at which the fixed point is taken as found
+HOLD_POINTS = 16  # the rest of a held batch's hold, for a row that arrived during it: uniform midpoints
+_GAUSS = np.polynomial.legendre.leggauss(32)  # the mean hold's integral over [0, D]
+
+
+@dataclass(frozen=True)
+class BatchCurve:
+    """One model's forward on one stream by batch size: p50 and p90 at the measured sizes (ascending,
+    the first 1), linear between them and past the largest on the last two points' slope, and never
+    falling (a noisy point below a smaller batch's is raised to it); with batch 1 alone, b rows cost
+    b times one (no gain assumed)."""
+
+    sizes: Tuple[int, ...]
+    p50_ms: Tuple[float, ...]
+    p90_ms: Tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.sizes or len(self.sizes) != len(self.p50_ms) or len(self.sizes) != len(self.p90_ms):
+            raise ValueError(f"a batch curve needs one p50 and one p90 per batch size, got sizes {self.sizes}, "
+                             f"p50s {self.p50_ms}, p90s {self.p90_ms}")
+        if self.sizes[0] != 1 or any(b <= a for a, b in zip(self.sizes, self.sizes[1:])):
+            raise ValueError(f"a batch curve's sizes must start at 1 and rise, got {self.sizes}: give by_batch with a \"1\" "
+                             "entry (or the profile's batch-1 figures) and distinct sizes")
+        for b, p50, p90 in zip(self.sizes, self.p50_ms, self.p90_ms, strict=True):
+            if not (math.isfinite(p50) and p50 > 0 and math.isfinite(p90) and p90 >= p50):
+                raise ValueError(f"batch {b} of a batch curve has p50 {p50} ms and p90 {p90} ms: both must be finite, p50 > 0 "
+                                 "and p90 >= p50 (re-profile the model)")
+
+    @staticmethod
+    def of(by_batch: Optional[Mapping[str, Any]], p50_ms: float, p90_ms: float) -> BatchCurve:
+        """The curve of a profile: its batch-1 figures (`latency_ms`, `latency_p90_ms`, so that batch 1 is what
+        the batch-1 model uses) and its `by_batch` entries above 1, each a LatencyPoint or a mapping with
+        p50_ms and p90_ms."""
+        points = {1: (float(p50_ms), float(max(p90_ms, p50_ms)))}
+        for key, point in (by_batch or {}).items():
+            try:
+                size = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"by_batch key {key!r} is not a batch size: use whole numbers such as \"2\"") from None
+            if size < 1:
+                raise ValueError(f"by_batch key {key!r} is not a batch size: sizes start at 1")
+            if size == 1:
+                continue
+            get = point.get if isinstance(point, Mapping) else lambda name, point=point: getattr(point, name, None)
+            p50, p90 = get("p50_ms"), get("p90_ms")
+            if p50 is None or p90 is None:
+                raise ValueError(f"by_batch[{key!r}] needs p50_ms and p90_ms, got {point!r}")
+            points[size] = (float(p50), float(max(p90, p50)))
+        sizes = tuple(sorted(points))
+        return BatchCurve(sizes, tuple(points[b][0] for b in sizes), tuple(points[b][1] for b in sizes))
+
+    def at(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """p50 and p90 (ms) of a batch of each of `rows` rows."""
+        rows = np.asarray(rows, dtype=float)
+        sizes = np.array(self.sizes, dtype=float)
+        out = []
+        for values in (self.p50_ms, self.p90_ms):
+            v = np.maximum.accumulate(np.array(values))
+            if len(sizes) == 1:
+                out.append(v[0] * rows)
+                continue
+            slope = max(0.0, (v[-1] - v[-2]) / (sizes[-1] - sizes[-2]))
+            out.append(np.where(rows <= sizes[-1], np.interp(rows, sizes, v), v[-1] + slope * (rows - sizes[-1])))
+        p50, p90 = out
+        return p50, np.maximum(p90, p50)
+
+
+@dataclass(frozen=True)
+class BatchStream:
+    """One model's traffic at a batching pod: its batch curve, the server's own work per row on the same
+    stream (cpu pods) and the time added outside the queue (host-side work on accelerator pods)."""
+
+    rate_rps: float
+    curve: BatchCurve
+    extra_ms: float = 0.0
+    after_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchingPrediction:
+    """The batching model's figures for one pod, per stream in the order given."""
+
+    p90_ms: Tuple[float, ...]
+    mean_batch: Tuple[float, ...]  # rows per batch, over batches
+    mean_wait_ms: Tuple[float, ...]  # from a row's arrival until its batch gets a slot
+    p_wait: Tuple[float, ...]  # that a row waits for a slot
+    hold_ms: Tuple[float, ...]  # a batch's mean hold on its slot before it runs (MAX_DELAY_MS > 0)
+    load: float  # slots busy on average, holds included
+    cores: int
+    stable: bool
+
+    @property
+    def pod_p90_ms(self) -> float:
+        return max(self.p90_ms, default=0.0)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """Per stream, at one point of the fixed point: batch-size probabilities (k = 1..B) and what follows."""
+
+    pmf: np.ndarray  # [streams, B]
+    hold: np.ndarray  # mean hold per batch (ms)
+    per_row: np.ndarray  # e: slot time per row (ms), hold included
+    backlog_per_row: np.ndarray  # h: work of full own batches ahead, per own row ahead (ms)
+    rate: np.ndarray  # batches per ms
+    occupied: np.ndarray  # E[O]: slot time per batch (ms)
+    occupied_2: np.ndarray  # E[O^2]
+    served: np.ndarray  # E[S]: the forward alone
+    served_2: np.ndarray  # E[S^2]
+
+    @property
+    def load(self) -> float:
+        return float((self.rate * self.occupied).sum())
+
+
+def batching_prediction(cores: int, streams: Sequence[BatchStream], max_batch: int, max_delay_ms: float = 0.0) -> BatchingPrediction:
+    """Each stream's P90 at a pod whose server batches up to `max_batch` rows a model (MAX_BATCH_SIZE) with
+    MAX_DELAY_MS `max_delay_ms`, on `cores` slots (WORKERS): the model of the module docstring."""
+    if isinstance(cores, bool) or not isinstance(cores, (int, np.integer)) or cores < 1:
+        raise ValueError(f"cores must be a whole number of slots, 1 or more, got {cores!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+        raise ValueError(f"max_batch (MAX_BATCH_SIZE) must be a whole number, 1 or more, got {max_batch!r}")
+    if not (math.isfinite(max_delay_ms) and max_delay_ms >= 0):
+        raise ValueError(f"max_delay_ms (MAX_DELAY_MS) must be finite and 0 or more, got {max_delay_ms!r}")
+    for i, s in enumerate(streams):
+        if not (math.isfinite(s.rate_rps) and s.rate_rps >= 0):
+            raise ValueError(f"stream {i}: rate_rps must be finite and 0 or more, got {s.rate_rps!r}")
+        if not (math.isfinite(s.extra_ms) and s.extra_ms >= 0 and math.isfinite(s.after_ms) and s.after_ms >= 0):
+            raise ValueError(f"stream {i}: extra_ms and after_ms must be finite and 0 or more, got {s.extra_ms!r}, {s.after_ms!r}")
+    n, big_b, cores = len(streams), int(max_batch), int(cores)
+    if n == 0:
+        return BatchingPrediction((), (), (), (), (), 0.0, cores, True)
+    lam = np.array([s.rate_rps for s in streams]) / 1000.0  # per ms
+    rows = np.arange(1, big_b + 1, dtype=float)
+    p50 = np.empty((n, big_b))
+    sigma = np.empty((n, big_b))
+    for i, s in enumerate(streams):
+        a50, a90 = s.curve.at(rows)
+        p50[i] = a50
+        sigma[i] = np.where(a90 > a50, np.log(np.maximum(a90, a50) / a50) / Z90, 0.0)
+    extra = np.array([s.extra_ms for s in streams])[:, None] * rows[None, :]
+    mean, second = service_moments(extra, p50, sigma)
+    if float((lam * mean[:, -1]).sum()) / big_b >= cores:  # full batches would not keep up
+        inf = (math.inf,) * n
+        return BatchingPrediction(inf, (float(big_b),) * n, inf, (1.0,) * n, (0.0,) * n, math.inf, cores, False)
+    theta = np.zeros(n)  # mean wait of a row that waits
+    p_wait = np.zeros(n)
+    batches = _batches(lam, p_wait, theta, mean, second, max_delay_ms)
+    for _ in range(BATCH_ITERATIONS):
+        new_p, new_theta = _wait_step(lam, batches, mean[:, -1], theta, cores)
+        done = bool(np.all(np.abs(new_p - p_wait) <= BATCH_TOLERANCE)
+                    and np.all(np.abs(new_theta - theta) <= BATCH_TOLERANCE * (1.0 + theta)))
+        # Damped: longer waits make larger batches and so shorter waits, and the undamped map swings.
+        p_wait, theta = (new_p, new_theta) if done else (0.5 * (p_wait + new_p), 0.5 * (theta + new_theta))
+        batches = _batches(lam, p_wait, theta, mean, second, max_delay_ms)
+        if done:
+            break
+    else:
+        raise RuntimeError(f"the batching model did not settle in {BATCH_ITERATIONS} steps (cores {cores}, max_batch {max_batch}, "
+                           f"rates {[s.rate_rps for s in streams]}): report this pod's figures as a bug")
+    p90 = _batching_p90s(streams, p50, sigma, extra, batches, p_wait, theta, lam, max_delay_ms)
+    return BatchingPrediction(tuple(p90), tuple((batches.pmf @ rows).tolist()), tuple((p_wait * theta).tolist()),
+                              tuple(p_wait.tolist()), tuple(batches.hold.tolist()), batches.load, cores, True)
+
+
+def batching_p90s_ms(cores: int, streams: Sequence[BatchStream], max_batch: int, max_delay_ms: float = 0.0) -> List[float]:
+    """Each stream's predicted P90 at a batching pod (batching_prediction)."""
+    return list(batching_prediction(cores, streams, max_batch, max_delay_ms).p90_ms)
+
+
+def _batches(lam: np.ndarray, p_wait: np.ndarray, theta: np.ndarray, mean: np.ndarray, second: np.ndarray, delay: float) -> _Batches:
+    """Batch sizes and slot times when a row of stream i waits for a slot with probability p_wait[i],
+    exponentially with mean theta[i]."""
+    n, big_b = mean.shape
+    lt = lam * theta
+    p = lt / (1.0 + lt)  # rows joining during an exponential wait: geometric with this ratio
+    ks = np.arange(big_b)
+    # Rows joining during the window D: Poisson. A first row still waiting when the window ends waits on
+    # with its exponential tail (memoryless), which it does with probability exp(-D / theta).
+    pois = _poisson_pmf(lam * delay, big_b)
+    geom = (1.0 - p)[:, None] * p[:, None] ** ks[None, :]
+    on = np.where(theta > 0, np.exp(-delay / np.maximum(theta, 1e-300)), 0.0) if delay > 0 else np.ones(n)
+    conv = np.stack([np.convolve(pois[i], geom[i])[:big_b] for i in range(n)])
+    pw = p_wait[:, None]
+    joined = (1.0 - pw) * pois + pw * ((1.0 - on)[:, None] * pois + on[:, None] * conv)
+    pmf = np.empty((n, big_b))
+    pmf[:, :-1] = joined[:, :-1]
+    pmf[:, -1] = np.maximum(0.0, 1.0 - joined[:, :-1].sum(axis=1))  # B - 1 or more join: a full batch
+    hold = _mean_hold(lam, p_wait, theta, big_b, delay)
+    k_mean = pmf @ (ks + 1.0)
+    served = (pmf * mean).sum(axis=1)
+    served_2 = (pmf * second).sum(axis=1)
+    occupied = hold + served  # the hold taken as constant: E[O^2] = E[S^2] + 2 H E[S] + H^2
+    occupied_2 = served_2 + 2 * hold * served + hold ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # full own batches ahead per own row ahead, for a geometric count of rows ahead: p^(B-1) (1 - p) / (1 - p^B)
+        ratio = np.where(p < 1.0, p ** (big_b - 1) * (1.0 - p) / (1.0 - p ** big_b), 1.0 / big_b) if big_b > 1 else np.ones(n)
+    return _Batches(pmf, hold, occupied / k_mean, mean[:, -1] * ratio, lam / k_mean, occupied, occupied_2, served, served_2)
+
+
+def _wait_step(lam: np.ndarray, b: _Batches, full_ms: np.ndarray, theta: np.ndarray, cores: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The wait (per stream: probability, mean if waiting) that the batches `b` imply.
+
+    Stream i's rows wait behind the batches in service, less its own batches' holds (a row that arrives
+    while its model's batch is held joins it): Erlang C and the residual at that load. Then the
+    mean-value balance of the docstring, W_i d_i = C_i R_i + T with d_i = c + lambda_i (e_i - h_i) and
+    T = sum_j lambda_j e_j W_j the work of the rows queued ahead, solved for T."""
+    load = b.load - b.rate * b.hold  # per stream
+    work = float((b.rate * b.occupied_2).sum()) - b.rate * (b.occupied_2 - b.served_2)
+    d = cores + lam * (b.per_row - b.backlog_per_row)
+    g = float((lam * b.per_row / d).sum())
+    if b.load >= cores or g >= 1.0 or np.any(d <= 0):
+        # not stable at these batch sizes, but full batches are (checked before): longer waits, larger batches
+        return np.ones_like(theta), 2.0 * theta + full_ms
+    c_wait = erlang_c_of(cores, load)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        residual = np.where(load > 0, work / (2.0 * load), 0.0)
+    ahead = c_wait * residual
+    queued = float((lam * b.per_row * ahead / d).sum()) / (1.0 - g)
+    mean_wait = (ahead + queued) / d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta_new = np.where(c_wait > 0, mean_wait / np.maximum(c_wait, 1e-300), 0.0)
+    return np.where(c_wait > 0, c_wait, 0.0), theta_new
+
+
+def _poisson_pmf(mean: np.ndarray, count: int) -> np.ndarray:
+    """P(N = k) for k < count, each row a Poisson of the given mean."""
+    mean = np.asarray(mean, dtype=float)
+    ks = np.arange(count)
+    log_fact = np.array([math.lgamma(k + 1.0) for k in ks])
+    with np.errstate(divide="ignore"):
+        logs = ks[None, :] * np.log(np.maximum(mean, 1e-300))[:, None] - mean[:, None] - log_fact[None, :]
+    out = np.exp(logs)
+    out[mean <= 0] = np.where(ks == 0, 1.0, 0.0)
+    return out
+
+
+def _mean_hold(lam: np.ndarray, p_wait: np.ndarray, theta: np.ndarray, big_b: int, delay: float) -> np.ndarray:
+    """A batch's mean hold on its slot: from the grant until D after its first row or until it is full,
+    E[(min(D, T) - W)^+] = integral over t < D of P(T > t) P(W < t), T the arrival of the B-th row.
+    With p_wait 0, the window itself: E[min(D, T)]."""
+    n = len(lam)
+    if delay <= 0 or big_b <= 1:
+        return np.zeros(n)
+    nodes, weights = _GAUSS
+    t = (nodes + 1.0) * delay / 2.0
+    w = weights * delay / 2.0
+    fewer = _poisson_pmf((lam[:, None] * t[None, :]).ravel(), big_b - 1).sum(axis=1).reshape(n, len(t))  # fewer than B-1 more
+    with np.errstate(divide="ignore", over="ignore"):
+        tail = np.where(theta[:, None] > 0, np.exp(-t[None, :] / np.maximum(theta[:, None], 1e-300)), 0.0)
+    return (fewer * (1.0 - np.asarray(p_wait)[:, None] * tail)) @ w
+
+
+def _batching_p90s(streams: Sequence[BatchStream], p50: np.ndarray, sigma: np.ndarray, extra: np.ndarray, b: _Batches,
+                   p_wait: np.ndarray, theta: np.ndarray, lam: np.ndarray, delay: float) -> List[float]:
+    """Per stream, the P90 of max(wait, rest of the batch's window) + the service of the row's batch (sizes
+    weighted by rows)."""
+    z = _normal_midpoints(QUANTILE_POINTS)
+    rows = np.arange(1, p50.shape[1] + 1, dtype=float)
+    window = _mean_hold(lam, np.zeros(len(lam)), theta, p50.shape[1], delay)  # D, or less where the batch fills first
+    out = []
+    for i, s in enumerate(streams):
+        by_row = b.pmf[i] * rows
+        k_mean = float(by_row.sum())
+        by_row = by_row / k_mean
+        pw, th = float(p_wait[i]), float(theta[i])
+        values = (extra[i][:, None] + p50[i][:, None] * np.exp(sigma[i][:, None] * z[None, :])).ravel()  # [B x points]
+        weights = np.repeat(by_row / len(z), len(z))
+        if window[i] <= 0:
+            if pw <= 0 or th <= 0:
+                out.append(_lognormal_mixture_quantile(extra[i], p50[i], sigma[i], by_row, 0.9) + s.after_ms)
+            else:
+                out.append(_weighted_quantile_of_sum(values, weights, pw, th, 0.9) + s.after_ms)
+            continue
+        # The window runs from the batch's first row: that row sees all of it, a later one (uniform) the rest;
+        # a row's batch closes at the later of its slot wait and the window's end.
+        rest = np.concatenate([[window[i]], (np.arange(HOLD_POINTS) + 0.5) / HOLD_POINTS * window[i]])
+        share = np.concatenate([[1.0 / k_mean], np.full(HOLD_POINTS, (1.0 - 1.0 / k_mean) / HOLD_POINTS)])
+        floors = (values[:, None] + rest[None, :]).ravel()
+        out.append(_weighted_quantile_of_sum(np.repeat(values, len(rest)), (weights[:, None] * share[None, :]).ravel(), pw, th,
+                                             0.9, floors) + s.after_ms)
+    return out
+
+
+def _weighted_quantile_of_sum(values: np.ndarray, weights: np.ndarray, p_wait: float, theta: float, q: float,
+                              floors: Optional[np.ndarray] = None) -> float:
+    """The q-quantile of max(W, X) + S, S taking `values` with `weights` (summing to 1) and X + S `floors`
+    with them (X = 0 where no floors), W 0 with probability 1 - p_wait, else exponential of mean theta; by
+    bisection as _quantiles_of_sums."""
+    floors = values if floors is None else floors
+    lo = float(floors.min())
+    tail = theta * (max(math.log(p_wait / (1 - q)), 0.0) + 1.0) if p_wait > 0 and theta > 0 else 0.0
+    hi = float(floors.max()) + tail + 1e-9
+    for _ in range(QUANTILE_STEPS):
+        mid = (lo + hi) / 2
+        slack = mid - values
+        waited = 1.0 - p_wait * np.exp(-np.maximum(slack, 0.0) / theta) if theta > 0 else np.ones_like(slack)
+        cdf = float((weights * np.where(mid >= floors, waited, 0.0)).sum())
+        if cdf < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _lognormal_mixture_quantile(extra: np.ndarray, p50: np.ndarray, sigma: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q-quantile of extra_k + a lognormal (p50_k, sigma_k) taken with probability weights_k: exact, for
+    an idle pod (one component: the service's own quantile, as the batch-1 model gives it)."""
+    from statistics import NormalDist
+
+    live = weights > 0
+    extra, p50, sigma, weights = extra[live], p50[live], sigma[live], weights[live]
+    if len(weights) == 1:
+        return float(extra[0] + p50[0] * math.exp(sigma[0] * NormalDist().inv_cdf(q)))
+    cdf_of = np.vectorize(NormalDist().cdf)
+
+    def cdf(t: float) -> float:
+        slack = t - extra
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zs = np.where(slack > 0, np.log(np.maximum(slack, 1e-300) / p50) / np.where(sigma > 0, sigma, 1.0), -np.inf)
+        step = np.where(sigma > 0, cdf_of(np.where(np.isfinite(zs), zs, -40.0)), (slack >= p50).astype(float))
+        return float((weights * np.where(slack > 0, step, 0.0)).sum())
+
+    lo = float((extra + p50 * np.exp(sigma * -8.0)).min())
+    hi = float((extra + p50 * np.exp(sigma * 8.0)).max()) + 1e-9
+    for _ in range(QUANTILE_STEPS + 12):
+        mid = (lo + hi) / 2
+        if cdf(mid) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2

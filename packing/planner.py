@@ -226,7 +226,9 @@ def latency_model_info(catalogue: InstanceCatalogue) -> Dict[str, object]:
             "service_at": "each profile's measured sequence length (the traced length); shorter texts run faster",
             "request_cpu_ms": catalogue.server_base.request_cpu_ms,
             "request_cpu_on": "cpu pods: the model's cores (added to service); accelerator pods: the host (added after)",
-            "batching": "not modelled (it only adds capacity under load)"}
+            "batching": ("not in these figures: every request its own forward (batching adds capacity under load, "
+                         "but the plan does not know its servers' MAX_BATCH_SIZE; packing.latency.batching_prediction "
+                         "models it, checked in make bench-latency)")}
 
 
 def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence[ModelSpec],

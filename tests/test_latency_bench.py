@@ -1,4 +1,5 @@
-"""The latency benchmark's pure parts: the design of its points, its predictions, its text and its store key."""
+"""The latency benchmark's pure parts: the design of its points, its predictions (batch-1 and batching), its
+text, its store key, and its report redone from stored measurements."""
 from __future__ import annotations
 
 import math
@@ -6,19 +7,25 @@ import math
 import pytest
 
 from bench.latency import (
+    ALL_ROWS,
+    BATCHED,
+    BATCHES_FORM,
     FAST,
-    JUDGED,
     SLOW,
+    UNBATCHED,
     ModelProfile,
     counted,
+    finish,
     markdown,
     planned_rates,
     planned_utilisation,
     pods,
     predict,
+    predict_batching,
     predict_old,
     ratio,
     request_cpu_ms,
+    served_curves,
     store_key,
     summarise_rows,
     text_with_tokens,
@@ -27,8 +34,15 @@ from bench.latency import (
 from contracts import ContractError, Plan
 from loadtest.report import OpenLoopResult, open_server_rates, server_rows
 from loadtest.stats import Sample
+from packing.latency import BatchCurve, BatchStream, batching_p90s_ms
 
-PROFILES = {SLOW: ModelProfile(20.0, 22.0), FAST: ModelProfile(5.0, 6.0)}
+
+def _by_batch(p50: float, p90: float) -> dict:
+    """A cpu-like batch curve: b rows cost (0.55 + 0.45 b) times one."""
+    return {str(b): {"p50_ms": p50 * (0.55 + 0.45 * b), "p90_ms": p90 * (0.55 + 0.45 * b)} for b in (1, 2, 4, 8)}
+
+
+PROFILES = {SLOW: ModelProfile(20.0, 22.0, _by_batch(20.0, 22.0)), FAST: ModelProfile(5.0, 6.0, _by_batch(5.0, 6.0))}
 
 
 def test_planned_rates_meet_the_utilisation_they_were_asked_for() -> None:
@@ -120,21 +134,54 @@ def test_ratio_band_and_request_cpu() -> None:
     assert request_cpu_ms(20.0, 21.5) == 0.0
 
 
-def _row(r: float, old: float) -> dict:
+def test_batched_pods_are_predicted_by_the_batching_model_from_the_profiles_curve() -> None:
+    rates = planned_rates(0.8, 1, {SLOW: 0.5, FAST: 0.5}, PROFILES)
+    batched = predict(rates, 1, PROFILES, 3.0, max_batch_size=8)
+    streams = [BatchStream(rates[m], BatchCurve.of(PROFILES[m].by_batch, PROFILES[m].p50_ms, PROFILES[m].p90_ms), extra_ms=3.0)
+               for m in (SLOW, FAST)]
+    assert [batched[SLOW], batched[FAST]] == pytest.approx(batching_p90s_ms(1, streams, 8))
+    one = predict(rates, 1, PROFILES, 3.0)
+    # batches of the curve's cheaper rows carry the load at u 0.8 with far less queueing
+    assert batched[SLOW] < 0.8 * one[SLOW] and batched[FAST] < 0.8 * one[FAST]
+    assert predict(rates, 1, PROFILES, 3.0, max_batch_size=1) == one
+    state = predict_batching(rates, 1, PROFILES, 3.0, 8)
+    assert all(1.0 < b < 8.0 for b in state.mean_batch)
+
+
+def test_a_profile_without_a_batch_curve_assumes_no_batching_gain() -> None:
+    flat = {SLOW: ModelProfile(20.0, 22.0)}  # a results JSON from before by_batch was kept
+    curved = {SLOW: PROFILES[SLOW]}
+    rates = {SLOW: 40.0}  # u 0.8 at batch 1
+    assert predict(rates, 1, flat, 0.0, 8)[SLOW] > predict(rates, 1, curved, 0.0, 8)[SLOW]
+    assert flat[SLOW].curve().at([4])[0][0] == pytest.approx(80.0)
+
+
+def test_as_served_curves_keep_the_lone_request_and_add_the_profiles_further_rows() -> None:
+    served = {SLOW: ModelProfile(24.0, 27.0)}
+    got = served_curves(PROFILES, served, 3.0)[SLOW]
+    assert (got.p50_ms, got.p90_ms) == (24.0, 27.0)
+    two = got.by_batch["2"]
+    assert two["p50_ms"] == pytest.approx(24.0 + 0.45 * 20.0 + 3.0)
+    assert two["p90_ms"] == pytest.approx(27.0 + 0.45 * 22.0 + 3.0)
+    assert "1" not in got.by_batch
+
+
+def _row(r: float, old: float, batch1: float = 1.0) -> dict:
     return {"model": SLOW, "requests": 600, "rate_rps": 10.0, "predicted_p90_ms": 30.0, "measured_p90_ms": 30.0 * r,
-            "ratio": r, "mmc_p90_ms": 30.0 * r / old, "mmc_ratio": old}
+            "ratio": r, "batch1_p90_ms": 30.0 * r / batch1, "batch1_ratio": batch1, "mmc_p90_ms": 30.0 * r / old, "mmc_ratio": old}
 
 
 def test_summary_and_markdown_state_each_group() -> None:
     points = [{"pod": "minilm-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.2, "rate_rps": 10.0, "rows": [_row(1.0, 0.5)]},
               {"pod": "minilm-w1-b1", "max_batch_size": 1, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0, "duration_s": 15.2,
-               "rows": [_row(1.4, 0.3)]},
-              {"pod": "minilm-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0, "rows": [_row(0.5, 0.3)]}]
+               "rows": [_row(1.4, 0.3, 1.4)]},
+              {"pod": "minilm-w1-b8", "max_batch_size": 8, "workers": 1, "utilisation": 0.8, "rate_rps": 40.0,
+               "rows": [_row(0.5, 0.3, 0.2)]}]
     summary = summarise_rows(points)
-    assert summary["all rows"]["rows"] == 3 and summary["all rows"]["within"] == 1
-    assert summary["as deployed (MAX_BATCH_SIZE 8)"]["within"] == 1
-    assert summary[JUDGED]["rows"] == 2  # the batched pod at 0.8 is judged by its MAX_BATCH_SIZE=1 twin
-    assert summary["MAX_BATCH_SIZE 1"]["max"] == pytest.approx(1.4)
+    assert summary[ALL_ROWS]["rows"] == 3 and summary[ALL_ROWS]["within"] == 1  # every row judged, the batched one at 0.8 too
+    assert summary[BATCHED]["within"] == 1 and summary[BATCHED]["batch1_within"] == 1
+    assert summary[BATCHES_FORM]["rows"] == 1 and summary[BATCHES_FORM]["batch1_min"] == pytest.approx(0.2)
+    assert summary[UNBATCHED]["max"] == pytest.approx(1.4)
     results = {
         "created_at": "2026-12-03T14:20:00Z", "machine": "test", "loadavg_before": "0.1", "loadavg_after": "0.2", "wall_s": 600.0,
         "sources": {SLOW: "package:x"}, "profiles": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0}}, "traced": True,
@@ -150,7 +197,7 @@ def test_summary_and_markdown_state_each_group() -> None:
     text = markdown(results)
     assert "| minilm-w1-b1 | 0.8 | 40.0 | 15 | minilm | 600 | 30.0 | 42.0 | 1.40 ✗ |" in text
     assert "**3.50 ms**" in text and "latency minilm 26.50 − 20.50 = 6.00 ms" in text
-    assert "1 of 3 ratios within 0.8–1.25" in text
+    assert f"- {ALL_ROWS}: 1 of 3 ratios within 0.8–1.25 (range 0.50–1.40); batch-1 model: 1 of 3 (range 0.20–1.40)" in text
 
 
 # ---- the load test's predicted-vs-measured P90 (loadtest/report.py), which this benchmark's figures back ----
@@ -209,7 +256,7 @@ def test_an_unstable_prediction_reads_as_infinite_and_is_left_off_the_plot(tmp_p
                "rows": [unstable, _row(1.1, 0.7), dict(_row(1.1, 0.7), model="pod")]}]
     png = plot({"points": points}, tmp_path / "latency.png")
     assert png.read_bytes().startswith(b"\x89PNG")
-    assert summarise_rows(points)["all rows"]["within"] == 2
+    assert summarise_rows(points)[ALL_ROWS]["within"] == 2
 
 
 def test_derive_rows_predicts_at_the_rate_sent_and_adds_the_pod_row() -> None:
@@ -228,3 +275,44 @@ def test_derive_rows_predicts_at_the_rate_sent_and_adds_the_pod_row() -> None:
     assert with_served[1]["served_p90_ms"] == pytest.approx(predict(point["sent_rps"], 1, served, 0.0)[FAST])
     overloaded = dict(point, sent_rps={SLOW: 60.0, FAST: 60.0})
     assert derive_rows(overloaded, PROFILES, 2.0)[0]["predicted_p90_ms"] is None
+
+
+def test_a_batched_point_gets_both_models_and_the_report_is_redone_from_json(tmp_path) -> None:
+    """The --from-json path on a tiny stored run: a batched and an unbatched point, predictions by the pod's
+    MAX_BATCH_SIZE, the batch-1 model beside them, the table and the plot written."""
+    from bench.latency import derive_rows
+
+    measured = {SLOW: {"requests": 600, "ok": 600, "p50_ms": 30.0, "p90_ms": 45.0, "p99_ms": 60.0}}
+    sent = {SLOW: 36.0}  # u 0.72 at batch 1
+    points = [{"pod": f"minilm-w1-b{b}", "models": [SLOW], "workers": 1, "max_batch_size": b, "utilisation": 0.8, "rate_rps": 36.0,
+               "sent_rps": sent, "duration_s": 16.7, "measured": measured} for b in (8, 1)]
+    batched_rows, single_rows = (derive_rows(p, PROFILES, 3.0) for p in points)
+    assert batched_rows[0]["predicted_p90_ms"] == pytest.approx(predict(sent, 1, PROFILES, 3.0, 8)[SLOW])
+    assert batched_rows[0]["batch1_p90_ms"] == pytest.approx(single_rows[0]["predicted_p90_ms"])
+    assert batched_rows[0]["predicted_p90_ms"] < batched_rows[0]["batch1_p90_ms"]
+    assert batched_rows[0]["predicted_batch"] > 1.0 and single_rows[0]["predicted_batch"] == 1.0
+    spaced = {"spaced_http_p50_ms": 24.0, "spaced_http_p90_ms": 27.0}
+    results = {
+        "created_at": "2026-12-03T14:20:00Z", "machine": "test", "loadavg_before": "0.1", "loadavg_after": "0.2", "wall_s": 60.0,
+        "sources": {SLOW: "package:x"}, "profiles": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0, "by_batch": PROFILES[SLOW].by_batch}},
+        "traced": False, "pinning": {"profile": 0, "generator_note": "core 1"}, "text_tokens": 32, "requests_per_point": 600,
+        "warmup_s": 2.0, "seed": 11,
+        "request_cpu": {"requests": 300, "forward": {SLOW: {"p50_ms": 20.0, "p90_ms": 22.0, "cpu_ms": 19.5, "spaced_p50_ms": 20.5,
+                                                           "spaced_cpu_ms": 20.0}},
+                        "by_model": {SLOW: {"server_cpu_ms_per_request": 23.0, "request_cpu_ms": 3.5, "http_p50_ms": 24.5,
+                                            "latency_overhead_ms": 4.5, "spaced_server_cpu_ms_per_request": 24.0,
+                                            "spaced_request_cpu_ms": 4.0, "spaced_latency_overhead_ms": 3.5, **spaced}},
+                        "measured_ms": 3.5},
+        "request_cpu_ms_used": 3.0, "request_cpu_ms_source": "catalogue", "points": points, "notes": [],
+    }
+    out = tmp_path / "latency.json"
+    assert finish(results, out) == 0
+    text = out.with_suffix(".md").read_text()
+    batched, single = ([c.strip() for c in line.strip("|").split("|")] for pod in ("b8", "b1")
+                       for line in text.splitlines() if line.startswith(f"| minilm-w1-{pod} |"))
+    assert float(batched[6]) == pytest.approx(batched_rows[0]["predicted_p90_ms"], abs=0.05)
+    assert float(batched[10]) == pytest.approx(batched_rows[0]["batch1_p90_ms"], abs=0.05)
+    assert float(single[6]) == pytest.approx(float(single[10]))  # a MAX_BATCH_SIZE 1 pod: the batch-1 model itself
+    assert float(batched[14]) < float(single[14])  # as-served figures batch too
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert results["summary"][ALL_ROWS]["rows"] == 2
