@@ -7,7 +7,7 @@ HTTP status. charts/monitoring.py writes alert rules and a dashboard against the
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -32,6 +32,7 @@ class Metrics:
     def __init__(self, model_ids: Iterable[str] = (), memory_budget_mib: Optional[float] = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._children: Dict[Tuple[int, Tuple[str, ...]], Any] = {}
         self.requests = Counter("modelfleet_requests", "Inference requests by model, protocol and HTTP status code",
                                 ["model", "protocol", "code"], registry=r)
         self.latency = Histogram("modelfleet_request_seconds", "Inference request latency, arrival to response",
@@ -64,31 +65,40 @@ class Metrics:
             self.inflight.labels(model_id)
             self.load_failures.labels(model_id)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), looked up once: labels() validates and locks on every call, and a request touches
+        eight series. The label sets are bounded (assigned models or "unknown", two protocols, status codes)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request(self, model: str, protocol: str, code: int, seconds: float) -> None:
-        self.requests.labels(model, protocol, str(code)).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+        self._child(self.requests, model, protocol, str(code)).inc()
+        self._child(self.latency, model, protocol).observe(seconds)
 
     def request_started(self, model: str) -> None:
-        self.inflight.labels(model).inc()
+        self._child(self.inflight, model).inc()
 
     def request_finished(self, model: str) -> None:
-        self.inflight.labels(model).dec()
+        self._child(self.inflight, model).dec()
 
     def queue_wait(self, model: str, seconds: float) -> None:
-        self.wait.labels(model).observe(seconds)
+        self._child(self.wait, model).observe(seconds)
 
     def batch(self, model: str, rows: int, seconds: float) -> None:
-        self.batch_rows.labels(model).observe(rows)
-        self.forward_s.labels(model).observe(seconds)
+        self._child(self.batch_rows, model).observe(rows)
+        self._child(self.forward_s, model).observe(seconds)
 
     def queue_depth(self, model: str, rows: int) -> None:
-        self.depth.labels(model).set(rows)
+        self._child(self.depth, model).set(rows)
 
     def expired(self, model: str) -> None:
-        self.expired_total.labels(model).inc()
+        self._child(self.expired_total, model).inc()
 
     def load_failed(self, model: str) -> None:
-        self.load_failures.labels(model).inc()
+        self._child(self.load_failures, model).inc()
 
     def model_states(self, ready: int, failed: int, loading: int) -> None:
         self.loaded.set(ready)

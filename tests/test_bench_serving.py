@@ -40,8 +40,13 @@ def test_profile_samples_go_to_the_innermost_matching_frame():
         "thread (2): inference_0;_worker (concurrent/futures/thread.py:83);_run (serving/model.py:106);"
         "_call_impl (torch/nn/modules/module.py:1) 5",
         "thread (1): MainThread;select (selectors.py:468) 2",
+        "thread (1): MainThread;run (uvicorn/server.py:1);predictions (serving/endpoints.py:50);"
+        "predictions (serving/v1.py:104) 4",
+        "thread (1): MainThread;data_received (uvicorn/protocols/http/httptools_impl.py:1) 6",
         "garbage",
     ]
     got = attribute_samples(lines)
     assert got == {"encode the reply (JSON)": 7, "tokenise": 3, "forward (inference thread, Python side)": 5,
-                   "event loop (asyncio)": 2}
+                   "event loop (uvloop, or asyncio without it)": 2,
+                   "routing and middleware (starlette, fastapi, serving/app.py, serving/endpoints.py)": 4,
+                   "HTTP (uvicorn: httptools, or h11 without it)": 6}
