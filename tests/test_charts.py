@@ -463,7 +463,10 @@ def test_real_helm_lints_and_renders_every_shard_and_no_hpa_target_sets_replicas
     API server is reachable; the objects are validated with kubernetes-validate and the shared checker instead."""
     values = tmp_path / "real-values.yaml"
     values.write_text(yaml.safe_dump(REAL_VALUES))
+    kinds_seen = set()
     for dist in (hand[0] / "dist", planned / "dist"):
+        plan = json.loads((dist.parent / "plan.json").read_text())
+        processors = {s["processor"] for s in plan["servers"]}
         rendered = []
         for chart in sorted((dist / "helm").iterdir()):
             _helm(helm_tools, "lint", "--strict", "--kube-version", "1.36.0", "--values", str(values), str(chart))
@@ -474,7 +477,10 @@ def test_real_helm_lints_and_renders_every_shard_and_no_hpa_target_sets_replicas
         targets = [h["spec"]["scaleTargetRef"]["name"] for h in by_kind(rendered, "HorizontalPodAutoscaler")
                    + by_kind(rendered, "ScaledObject")]
         assert deployments and sorted(deployments) == sorted(targets)  # each once: never an HPA and a ScaledObject
-        assert by_kind(rendered, "ScaledObject") and by_kind(rendered, "HorizontalPodAutoscaler")
+        # cpu servers scale on CPU (an HPA), accelerator servers on requests in flight (a ScaledObject)
+        assert bool(by_kind(rendered, "HorizontalPodAutoscaler")) == ("cpu" in processors)
+        assert bool(by_kind(rendered, "ScaledObject")) == bool(processors - {"cpu"})
+        kinds_seen |= {d["kind"] for d in rendered}
         assert [n for n, d in deployments.items() if "replicas" in d["spec"]] == []
         for d in deployments.values():
             (ctr,) = d["spec"]["template"]["spec"]["containers"]
@@ -487,6 +493,7 @@ def test_real_helm_lints_and_renders_every_shard_and_no_hpa_target_sets_replicas
             key = lambda d: (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])  # noqa: E731
             assert sorted(own, key=key) == sorted(load_docs(dist / "manifests") + load_docs(dist / "envoy-gateway")
                                                   + load_docs(dist / "monitoring"), key=key)
+    assert {"HorizontalPodAutoscaler", "ScaledObject"} <= kinds_seen  # the hand plan holds cpu and accelerator servers
 
 
 def test_helm_shards_cover_every_server_once_and_stay_small(hand, planned):
