@@ -189,17 +189,24 @@ def run_planner(data: Optional[Dict[str, Any]], models_path: Path, use_reference
     return outcome
 
 
+def write_models(data: Dict[str, Any], folder: Path, from_file: bool) -> Path:
+    """The scenario's models as folder/models.json, for the planner and the checker (JSON is YAML too: the checker
+    reads it with yaml.safe_load); written as the catalogue writer does where the planner's time includes loading it."""
+    path = folder / "models.json"
+    if from_file:
+        write_catalogue(data, path)
+    else:
+        path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
 def run_scenario(sc: Scenario, catalogue: InstanceCatalogue, reference: ReferenceProfiles, workdir: Path,
                  wall_limit: float, say: Callable[[str], None]) -> Dict[str, Any]:
     here = workdir / sc.key
     here.mkdir(parents=True, exist_ok=True)
     say(f"({sc.key}) {sc.title}: generating {sc.models:,} models")
     data = sc.build()
-    models_path = here / "models.json"  # JSON is YAML too: the checker reads it with yaml.safe_load
-    if sc.from_file:
-        write_catalogue(data, models_path)
-    else:
-        models_path.write_text(json.dumps(data), encoding="utf-8")
+    models_path = write_models(data, here, sc.from_file)
 
     say(f"({sc.key}) {sc.title}: planning")
     plan_path = here / "plan.json"

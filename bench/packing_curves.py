@@ -31,12 +31,12 @@ import yaml
 
 import contracts
 from bench.harness import log, proc_loadavg
-from bench.packing import INSTANCES, REFERENCE, SMALL_CHECK_TIMEOUT_S, machine, run_checker, run_planner
+from bench.packing import INSTANCES, REFERENCE, SMALL_CHECK_TIMEOUT_S, machine, run_checker, run_planner, write_models
 from bench.packing import _checker_instances as checker_instances_yaml
 from contracts import InstanceCatalogue, ModelCatalogue, ReferenceProfiles
 from packing.baselines import first_fit_decreasing_by_price
 from packing.demand import build_demand
-from packing.generate import mixed_catalogue, write_catalogue
+from packing.generate import mixed_catalogue
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions, node_shapes
 from tests.exact_fill import EXACT_CAP_GIB, EXACT_PRICE, EXACT_UTIL, exact_fill_case
@@ -160,11 +160,7 @@ def prepare(sc: CurveScenario, workdir: Path) -> Tuple[Dict[str, Any], Path, Pat
     here = workdir / sc.key
     here.mkdir(parents=True, exist_ok=True)
     data = sc.build()
-    models_path = here / "models.json"  # JSON is YAML too: the checker reads it with yaml.safe_load
-    if sc.from_file:
-        write_catalogue(data, models_path)
-    else:
-        models_path.write_text(json.dumps(data), encoding="utf-8")
+    models_path = write_models(data, here, sc.from_file)
     if sc.catalogue is None:
         return data, models_path, INSTANCES, checker_instances_yaml(here / "instances.yaml")
     own = here / "instances.yaml"
