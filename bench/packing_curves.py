@@ -197,6 +197,8 @@ def run_point(sc: CurveScenario, data: Dict[str, Any], models_path: Path, instan
         "lower_bound_per_hour": plan["lower_bound_per_hour"], "gap": plan["gap"], "instances": plan["instances"],
         "solver": {k: sol.get(k) for k in ("name", "classes", "columns", "rounds", "lp_converged", "lp_per_hour",
                                            "fluid_per_hour", "config_bound_per_hour", "integer")},
+        # Shares of the cost, adding up to the gap (packing.planner.gap_split).
+        "rounding_loss": sol.get("rounding_loss"), "bound_weakness": sol.get("bound_weakness"),
     })
     if sc.from_file:
         out["check"] = {"status": "skipped", "detail": f"check_plan.py takes more than {LARGE_CHECK_MINUTES} minutes on "
@@ -272,6 +274,11 @@ def markdown(report: Dict[str, Any]) -> str:
         "`plan_servers`. Gap: (cost − bound) / cost of that run. Best-bound gap: against the largest bound of",
         "any run of the scenario, which is valid for all of them. FFD: first-fit decreasing by price, once per",
         "scenario. Check: ../shared/tools/check_plan.py on that run's plan. A shared 2-core machine is noisy.",
+        "LP: the column generation's LP value (`solver.lp_per_hour`; the exact cases: the integer master's).",
+        "The gap splits into rounding (cost − LP) / cost, what whole servers on whole nodes cost over the LP, and",
+        "bound (LP − bound) / cost, what the proof leaves below the LP. The LP is over the classes' upper sizes",
+        "and may stop short of its optimum, so it is no bound: rounding can be negative (FFD or emptying",
+        "part-filled servers beat the LP), and bound then holds what coarse classes and an unconverged LP add.",
     ]
     for r in report["scenarios"]:
         s = r["summary"]
@@ -283,10 +290,10 @@ def markdown(report: Dict[str, Any]) -> str:
                   f"{_money(s['best_bound_per_hour'])} $/h"
                   + (f"; optimum {_money(r['optimum_per_hour'])} $/h" if r["optimum_per_hour"] is not None else "") + ".",
                   "",
-                  "| limit s | planner s | planner $/h | bound $/h | gap | best-bound gap | planner/FFD "
-                  + ("| over optimum " if r["optimum_per_hour"] is not None else "") + "| solver | check |",
-                  "| --- | --- | --- | --- | --- | --- | --- " + ("| --- " if r["optimum_per_hour"] is not None else "")
-                  + "| --- | --- |"]
+                  "| limit s | planner s | planner $/h | LP $/h | bound $/h | gap | rounding | bound | best-bound gap "
+                  "| planner/FFD " + ("| over optimum " if r["optimum_per_hour"] is not None else "") + "| solver | check |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+                  + ("| --- " if r["optimum_per_hour"] is not None else "") + "| --- | --- |"]
         for p in r["runs"]:
             cost = p.get("cost_per_hour")
             ratio = "—" if cost is None else f"{cost / r['ffd']['cost_per_hour']:.3f}"
@@ -296,8 +303,9 @@ def markdown(report: Dict[str, Any]) -> str:
                    if sol else p.get("detail", ""))
             seconds = f"{p['seconds']:.1f}" if "seconds" in p else f"> {p['wall_seconds']:.0f} ({p['status']})"
             check = p["check"]["status"] + (f" ({p['check']['detail']})" if p["check"]["status"] != "ok" else "")
-            cells = [f"{p['time_limit_s']:g}", seconds, _money(cost), _money(p.get("lower_bound_per_hour")),
-                     _share(p.get("gap")), _share(p.get("gap_to_best_bound")), ratio]
+            cells = [f"{p['time_limit_s']:g}", seconds, _money(cost), _money(sol.get("lp_per_hour")),
+                     _money(p.get("lower_bound_per_hour")), _share(p.get("gap")), _share(p.get("rounding_loss")),
+                     _share(p.get("bound_weakness")), _share(p.get("gap_to_best_bound")), ratio]
             if r["optimum_per_hour"] is not None:
                 cells.append(_share(p.get("over_optimum")))
             cells += [how, check]

@@ -10,9 +10,10 @@
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pulp
@@ -31,13 +32,33 @@ class IntegerSolution:
     status: str
 
 
+class _StartedHiGHS(pulp.HiGHS):
+    """HiGHS through highspy with a starting solution: PuLP's highspy interface has no warm
+    start of its own, so the values are handed to HiGHS after the model is built."""
+
+    def __init__(self, start: Dict[str, float], **kwargs):
+        super().__init__(**kwargs)
+        self.start = start
+
+    def callSolver(self, lp):
+        index = {v.name: v.index for v in lp.variables()}
+        named = [(index[k], float(x)) for k, x in self.start.items() if k in index]
+        if named:
+            cols, vals = zip(*named)
+            lp.solverModel.setSolution(len(cols), np.array(cols, np.int32), np.array(vals, float))
+        super().callSolver(lp)
+
+
 def integer_master(
     patterns: Sequence[Pattern],
     counts: Sequence[int],
     shapes: Sequence[NodeShape],
     time_limit: float,
     gap: float = 1e-4,
+    start: Optional[Dict[int, int]] = None,
 ) -> IntegerSolution:
+    """`start`: servers per pattern of a plan already found, HiGHS's first incumbent (with the
+    fewest nodes each shape's rows allow), so a time-limited solve ends no dearer than that."""
     prob = pulp.LpProblem("fleet", pulp.LpMinimize)
     used_shapes = sorted({p.shape for p in patterns})
     nodes = {t: pulp.LpVariable(f"nodes_{t}", lowBound=0, cat=pulp.LpInteger) for t in used_shapes}
@@ -63,7 +84,14 @@ def integer_master(
             if big:
                 prob += pulp.LpAffineExpression(big) <= (q - 1) * nodes[t], f"big_pods_{q}_{t}"
 
-    solver = pulp.HiGHS(msg=False, timeLimit=max(1.0, time_limit), gapRel=gap, threads=1)
+    settings = dict(msg=False, timeLimit=max(1.0, time_limit), gapRel=gap, threads=1)
+    if start is None:
+        solver = pulp.HiGHS(**settings)
+    else:
+        # Every variable gets a value: the patterns the start leaves out are 0 in it.
+        first = {v.name: float(start.get(j, 0)) for j, v in servers.items()}
+        first.update({nodes[t].name: float(n) for t, n in fewest_nodes(patterns, start, shapes).items()})
+        solver = _StartedHiGHS(first, **settings)
     prob.solve(solver)
     # PuLP reports a time-limited incumbent as "Optimal"; its solution status tells them apart.
     found = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
@@ -74,6 +102,28 @@ def integer_master(
     n_nodes = {t: int(round(v.varValue or 0)) for t, v in nodes.items() if (v.varValue or 0) > 0.5}
     cost = nodes_price(n_nodes, shapes)
     return IntegerSolution(chosen, n_nodes, cost, status == "optimal", status)
+
+
+def fewest_nodes(patterns: Sequence[Pattern], servers: Dict[int, int], shapes: Sequence[NodeShape]) -> Dict[int, int]:
+    """Per shape, the fewest nodes the integer master's slot, host and big-pod rows allow for
+    `servers` (pattern -> count): each shape of its used patterns gets a value, 0 included."""
+    need: Dict[int, int] = {t: 0 for t in {p.shape for p in patterns}}
+    pods: Dict[int, float] = defaultdict(float)
+    host: Dict[int, float] = defaultdict(float)
+    big: Dict[Tuple[int, int], float] = defaultdict(float)
+    for j, n in servers.items():
+        p = patterns[j]
+        pods[p.shape] += n * p.replicas
+        host[p.shape] += n * p.replicas * p.host_per_pod
+        for q in BIG_POD_SPLITS:
+            if p.host_per_pod > shapes[p.shape].host_alloc_mib / q * (1 + 1e-9):
+                big[p.shape, q] += n * p.replicas
+    for t in need:
+        s = shapes[t]
+        # A hair under each ratio's ceiling, so float noise on a full node does not add one.
+        ratios = [pods[t] / s.slots, host[t] / s.host_alloc_mib] + [big[t, q] / (q - 1) for q in BIG_POD_SPLITS]
+        need[t] = max(int(math.ceil(r - 1e-9)) for r in ratios)
+    return need
 
 
 @dataclass

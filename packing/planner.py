@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
+
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
 from packing import budget as shares
 from packing.assemble import BuiltServer, Solved, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
@@ -31,6 +33,19 @@ LOAD_RESOLUTION = 0.5  # load buckets: coarse classes keep the LP small; hi/lo k
 EXACT_PATTERNS_UP_TO = 5_000
 EXACT_NODES_PER_TYPE = 12
 SMALL_INTEGER_MASTER_UP_TO = 300
+# Past that, the integer master over the LP's support and the rounding's servers, after rounding,
+# started from the rounding's plan. Off: on the mixed 3,040 catalogue (seed 7; 2026-12-04, 2 shared
+# cores) it returned the rounding's own plan in all four runs, proven optimal over those 246-361
+# columns in three and out of time in the fourth (untiered, 60 s): the rounding is already the
+# best whole choice of those columns. Plans, A (off) against B: $29.26 / $28.50 at 15 s and $30.63 /
+# $30.63 at 60 s; with 50/100/250 ms tiers $29.88 / $29.88 and $30.49 / $30.65; the differences
+# come from the column generation's timing (rounds 330 / 346 at 15 s), not from the master. Given
+# all 9,774 columns of the untiered 60 s run and 30 s, HiGHS improved its rounding by 0.4% ($35.90
+# -> $35.74/h, before emptying part-filled servers), its root bound at $27.76/h. Adding the 500
+# columns of least reduced cost at the LP's duals (about 550 in all) improved the rounding only
+# in the untiered 60 s run ($35.78 -> $34.16/h placed, $29.85/h after emptying servers); the
+# other three runs returned the rounding's plan, the tiered 60 s one ending at $31.55/h.
+RESTRICTED_INTEGER_MASTER = False
 
 
 @dataclass
@@ -109,26 +124,40 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
                         progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
-        chosen = cg.integer_solution(budget.at(shares.ROUNDING))
-        say(f"integer: iterated rounding ${cg.pod_cost(chosen):.3f}/h of pods")
-        chosen = rehome(cg, chosen, shapes, max(0.5, budget.at(shares.REHOME) - time.perf_counter()))
+        # The LP's support, before the rounding's restricted LPs overwrite its values.
+        support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)}
+        rounded = cg.integer_solution(budget.at(shares.ROUNDING))
+        say(f"integer: iterated rounding ${cg.pod_cost(rounded):.3f}/h of pods")
+        chosen = rehome(cg, rounded, shapes, max(0.5, budget.at(shares.REHOME) - time.perf_counter()))
         lower = max(fluid.value, result.lower_bound)
         config_bound = result.lower_bound
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
     built = fill_servers(chosen, cg.patterns, cls, dem)
     nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
     placed = nodes_price(nodes, shapes)
-    if not exact and n <= SMALL_INTEGER_MASTER_UP_TO and time.perf_counter() < deadline - 1.0:
-        # Small problems: the integer master over every generated column sometimes rounds better
-        # than iterated rounding; keep whichever packs cheaper.
-        cg.hot_columns()
-        subset = list(cg.patterns)
-        ip = integer_master(subset, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()))
-        other = fill_servers(ip.servers, subset, cls, dem)
-        other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
-        other_cost = nodes_price(other_nodes, shapes)
-        if other_cost < placed - 1e-9:
-            built, nodes, placed = other, other_nodes, other_cost
+    small = n <= SMALL_INTEGER_MASTER_UP_TO
+    if not exact and (small or RESTRICTED_INTEGER_MASTER) and time.perf_counter() < deadline - 1.0:
+        # The integer master over the generated columns sometimes rounds better than iterated
+        # rounding; keep whichever packs cheaper. Small problems give it every column; large ones
+        # only the LP's support and the rounding's servers, started from the plan in hand.
+        hot = cg.hot_columns()
+        keys = sorted(range(len(cg.patterns)) if small else support | set(rounded) | set(chosen) | hot)
+        subset = [cg.patterns[j] for j in keys]
+        local = {j: k for k, j in enumerate(keys)}
+        start = None if small else {local[j]: m for j, m in chosen.items()}
+        try:
+            ip = integer_master(subset, cls.count, shapes, time_limit=max(1.0, deadline - time.perf_counter()),
+                                start=start)
+        except RuntimeError:
+            ip = None  # no incumbent within the time left: keep the rounding's plan
+        if ip is not None:
+            other = fill_servers(ip.servers, subset, cls, dem)
+            other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
+            other_cost = nodes_price(other_nodes, shapes)
+            say(f"integer master over {len(subset)} columns: ${ip.cost:.3f}/h, ${other_cost:.3f}/h placed ({ip.status}), "
+                f"rounding ${placed:.3f}/h")
+            if other_cost < placed - 1e-9:
+                built, nodes, placed = other, other_nodes, other_cost
     if exact and placed > ip.cost + 1e-9:
         # The integer master counted node memory in aggregate and no per-node packing matches
         # it: solve with every node explicit, within the cost of the packing we already have.
@@ -231,6 +260,16 @@ def latency_model_info(catalogue: InstanceCatalogue) -> Dict[str, object]:
                          "models it, checked in make bench-latency)")}
 
 
+def gap_split(cost: float, lp: float, bound: float) -> Dict[str, float]:
+    """The gap (cost - bound) / cost in two parts that add up to it: what whole servers on whole
+    nodes cost over the column generation's LP, and what the proof leaves between the LP and the
+    bound. The LP is over the classes' upper sizes and may be unconverged, so it is no bound: the
+    first part can be negative (first-fit decreasing or emptying servers beat it)."""
+    if cost <= 0:
+        return {"rounding_loss": 0.0, "bound_weakness": 0.0}
+    return {"rounding_loss": round((cost - lp) / cost, 6), "bound_weakness": round((lp - bound) / cost, 6)}
+
+
 def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence[ModelSpec],
                profile_sources: Mapping[str, Mapping[str, str]], catalogue: InstanceCatalogue, opts: PackingOptions,
                inputs: Optional[Mapping[str, str]], solve_seconds: float) -> PlanResult:
@@ -243,6 +282,7 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
     instances = {shapes[t].name: n for t, n in sorted(nodes.items(), key=lambda kv: shapes[kv[0]].name) if n > 0}
     cost = nodes_price(nodes, shapes) + platform
     bound = min(lower + platform, cost)
+    lp = float(info["lp_per_hour"]) + platform
 
     servers_json, pods = [], []
     models_by_id = {m.id: m for m in models}
@@ -273,7 +313,7 @@ def write_plan(solved: Solved, dem: Demand, ids: Sequence[str], models: Sequence
         "schema": 1,
         "inputs": dict(inputs or {}),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items() if k != "time_limit_s"},
-        "solver": {**info, "lp_per_hour": round(float(info["lp_per_hour"]) + platform, 6),
+        "solver": {**info, "lp_per_hour": round(lp, 6), **gap_split(cost, lp, bound),
                    "fluid_per_hour": round(float(info["fluid_per_hour"]) + platform, 6),
                    "config_bound_per_hour": round(float(info["config_bound_per_hour"]) + platform, 6),
                    "time_limit_s": opts.time_limit_s,

@@ -11,18 +11,23 @@ import json
 import math
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 
 from contracts import InstanceCatalogue, ModelCatalogue, ModelSpec, parse
-from packing.demand import UnplaceableModels
-from packing.planner import plan_servers
+from packing.classes import build_classes
+from packing.colgen import BIG_POD_SPLITS, ColumnGeneration
+from packing.demand import UnplaceableModels, build_demand
+from packing.formulation import fewest_nodes, integer_master
+from packing.planner import CLASS_RESOLUTION, LOAD_RESOLUTION, plan_servers
 from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes
+from packing.resources import PackingOptions, node_shapes, nodes_price
 from tests.bruteforce import BruteForce, packing_cost, violations
 from tests.exact_fill import (
     EXACT_CAP_GIB,
@@ -320,6 +325,53 @@ def mixed_models(seed: int, n: int) -> List[dict]:
                                "latency_ms": round(rng.uniform(10, 120), 2)}
         out.append({"id": f"mixed-{k:03d}", "rps": round(rng.uniform(0.05, 8), 3), "profiles": profiles})
     return out
+
+
+@pytest.mark.parametrize("n", [8, 90])  # every pattern listed; column generation
+def test_the_gap_splits_into_rounding_and_bound(n):
+    """solver.rounding_loss and solver.bound_weakness put the LP between plan and bound: they add up
+    to the gap, and the LP, over the classes' upper sizes, never lies below the proven bound."""
+    require_instances_yaml()
+    catalogue_dict = yaml.safe_load(INSTANCES_YAML.read_text())
+    plan = solve(mixed_models(9, n), catalogue_dict, PackingOptions(max_utilization=0.83, time_limit_s=4.0))[2].plan
+    sol = plan.solver
+    assert sol["name"] == ("exact-enumeration+highs" if n <= 60 else "column-generation+highs")
+    assert sol["rounding_loss"] + sol["bound_weakness"] == pytest.approx(plan.gap, abs=3e-6)
+    assert plan.cost_per_hour * (1 - sol["rounding_loss"]) == pytest.approx(sol["lp_per_hour"], abs=1e-4)
+    assert sol["bound_weakness"] >= -1e-6, (sol["lp_per_hour"], plan.lower_bound_per_hour)
+
+
+def test_a_started_integer_master_is_never_dearer_than_its_start():
+    """The integer master started from iterated rounding (planner.RESTRICTED_INTEGER_MASTER) keeps
+    that plan as its incumbent, with the fewest nodes the master's rows allow for it."""
+    require_instances_yaml()
+    catalogue = parse(InstanceCatalogue, yaml.safe_load(INSTANCES_YAML.read_text()), "instances.yaml")
+    models = parse(ModelCatalogue, {"models": mixed_models(9, 120)}, "models.yaml").models
+    profiles, _ = resolve_profiles(models)
+    opts = PackingOptions(max_utilization=0.83)
+    dem = build_demand(models, profiles, node_shapes(catalogue, opts), opts)
+    cls = build_classes(dem, opts.max_utilization, CLASS_RESOLUTION, LOAD_RESOLUTION)
+    cg = ColumnGeneration(cls, dem.shapes, opts.min_replicas)
+    cg.run(time.perf_counter() + 2.0)
+    rounded = cg.integer_solution(time.perf_counter() + 1.0)
+    shapes = dem.shapes
+    need = fewest_nodes(cg.patterns, rounded, shapes)
+    for t, n in need.items():  # one node fewer of any shape breaks one of its rows
+        mine = [(cg.patterns[j], m) for j, m in rounded.items() if cg.patterns[j].shape == t]
+        pods = sum(p.replicas * m for p, m in mine)
+        host = sum(p.replicas * p.host_per_pod * m for p, m in mine)
+        assert pods <= shapes[t].slots * n and host <= shapes[t].host_alloc_mib * n * (1 + 1e-9)
+        if n > 0:
+            big = [sum(p.replicas * m for p, m in mine if p.host_per_pod > shapes[t].host_alloc_mib / q * (1 + 1e-9))
+                   / (q - 1) for q in BIG_POD_SPLITS]
+            assert max([pods / shapes[t].slots, host / shapes[t].host_alloc_mib] + big) > n - 1
+    ip = integer_master(cg.patterns, cls.count, shapes, time_limit=1.0, start=rounded)
+    assert ip.cost <= nodes_price(need, shapes) + 1e-9
+    placed = np.zeros(len(cls), int)
+    for j, m in ip.servers.items():
+        for i, a in cg.patterns[j].counts:
+            placed[i] += a * m
+    assert (placed >= cls.count).all()
 
 
 def test_same_inputs_give_the_same_plan():
