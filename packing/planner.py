@@ -5,7 +5,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from packing import budget as shares
 from packing.assemble import BuiltServer, Solved, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
 from packing.baselines import first_fit_decreasing_by_price
 from packing.budget import TimeBudget
-from packing.classes import build_classes
+from packing.classes import Classes, build_classes
 from packing.colgen import ColumnGeneration
 from packing.demand import Demand, build_demand
 from packing.dominance import undominated
@@ -46,6 +46,18 @@ SMALL_INTEGER_MASTER_UP_TO = 300
 # in the untiered 60 s run ($35.78 -> $34.16/h placed, $29.85/h after emptying servers); the
 # other three runs returned the rounding's plan, the tiered 60 s one ending at $31.55/h.
 RESTRICTED_INTEGER_MASTER = False
+# Iterated rounding also at these shares of the column generation's own time, each placed as the
+# end rounding is, the cheapest placed plan kept: longer runs round worse (8,100 columns at 60 s gave
+# $33.2/h of pods, 15 s runs $28.9-29.2/h). Empty: round once, at the end. Off: on the mixed 3,040
+# catalogue (seed 7; 2026-12-04, 2 shared cores, 2 runs a setting, A off / B (0.25, 0.5)) B's median
+# final plans were dearer untiered at 15 s ($30.22 against $29.19/h; with the moments counted in the
+# loop's own time, as now, $30.99 against $29.76) and cheaper elsewhere: tiered 15 s $29.63 / $31.28
+# ($30.15 / $31.37), untiered 60 s $29.49 / $29.94 ($30.55 / $30.63), tiered 60 s $30.46 / $31.74
+# ($30.61 / $30.95). Each rounding takes its share of the time (2.5 s at 15 s, 4-10 s at 60 s) and
+# adds columns priced at its restricted duals (at 15 s 6,300-7,300 columns after 91-123 rounds
+# against 5,600 after 310-337), so the LP ends dearer ($27.62-27.90 against $27.48/h) and so does
+# the end rounding; the checkpoints' own roundings were never the cheaper there.
+ROUNDING_CHECKPOINTS: Tuple[float, ...] = ()
 
 
 @dataclass
@@ -97,6 +109,48 @@ def rehome(cg: ColumnGeneration, chosen: Dict[int, int], shapes: Sequence[NodeSh
     return out
 
 
+class Rounded(NamedTuple):
+    """One rounding of the LP, placed: the servers it chose and after re-homing, on nodes."""
+
+    rounded: Dict[int, int]
+    chosen: Dict[int, int]
+    built: List[BuiltServer]
+    nodes: Dict[int, int]
+    placed: float
+
+
+def place_rounding(cg: ColumnGeneration, rounded: Dict[int, int], dem: Demand, cls: Classes, shapes: Sequence[NodeShape],
+                   opts: PackingOptions, rehome_until: float) -> Rounded:
+    """Re-homed, filled and placed as the plan would be: roundings compare on what they cost on nodes."""
+    chosen = rehome(cg, rounded, shapes, max(0.5, rehome_until - time.perf_counter()))
+    built = fill_servers(chosen, cg.patterns, cls, dem)
+    nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
+    return Rounded(rounded, chosen, built, nodes, nodes_price(nodes, shapes))
+
+
+def checkpoint_roundings(cg: ColumnGeneration, budget: TimeBudget, dem: Demand, cls: Classes, shapes: Sequence[NodeShape],
+                         opts: PackingOptions, say: Callable[[str], None]) -> Tuple[List[float], Callable[[], None],
+                                                                                     List[Rounded]]:
+    """The moments of ROUNDING_CHECKPOINTS, a callback for `cg.run` that rounds and places the LP
+    then, and the list it fills. Each rounding gets the end rounding's and re-homing's shares of
+    time, counted from when it starts (one may end past the column generation's end, leaving the
+    later stages less: they stop at their own moments, so the plan still ends within the limit)."""
+    start, end = budget.start, budget.at(shares.COLUMN_GENERATION)
+    moments = [start + f * (end - start) for f in ROUNDING_CHECKPOINTS]
+    found: List[Rounded] = []
+    rounding_s = (shares.ROUNDING - shares.COLUMN_GENERATION) * budget.seconds
+    rehome_s = (shares.REHOME - shares.ROUNDING) * budget.seconds
+
+    def at_checkpoint() -> None:
+        now = time.perf_counter()
+        r = place_rounding(cg, cg.round_now(now + rounding_s), dem, cls, shapes, opts, now + rounding_s + rehome_s)
+        say(f"checkpoint rounding over {len(cg.patterns)} columns: ${cg.pod_cost(r.rounded):.3f}/h of pods, "
+            f"${r.placed:.3f}/h placed ({time.perf_counter() - now:.1f} s)")
+        found.append(r)
+
+    return moments, at_checkpoint, found
+
+
 def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadline: float,
           say: Callable[[str], None]) -> Solved:
     """Servers and their placements for the models of `dem`, with a proven bound."""
@@ -120,21 +174,28 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lp_value, rounds, converged = ip.cost, 0, ip.optimal
         say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
     else:
+        moments, at_checkpoint, earlier = checkpoint_roundings(cg, budget, dem, cls, shapes, opts, say)
         result = cg.run(budget.at(shares.COLUMN_GENERATION), warm=(fluid.pi, fluid.rho),
-                        progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
+                        progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"),
+                        checkpoints=moments, at_checkpoint=at_checkpoint if moments else None)
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
         # The LP's support, before the rounding's restricted LPs overwrite its values.
         support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)}
         rounded = cg.integer_solution(budget.at(shares.ROUNDING))
         say(f"integer: iterated rounding ${cg.pod_cost(rounded):.3f}/h of pods")
-        chosen = rehome(cg, rounded, shapes, max(0.5, budget.at(shares.REHOME) - time.perf_counter()))
+        last = place_rounding(cg, rounded, dem, cls, shapes, opts, budget.at(shares.REHOME))
+        best = min([last, *earlier], key=lambda r: r.placed)  # ties: the end rounding's plan, as before
+        if best is not last:
+            say(f"a checkpoint rounding places cheaper: ${best.placed:.3f}/h against ${last.placed:.3f}/h")
+        rounded, chosen, built, nodes, placed = best
         lower = max(fluid.value, result.lower_bound)
         config_bound = result.lower_bound
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
-    built = fill_servers(chosen, cg.patterns, cls, dem)
-    nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
-    placed = nodes_price(nodes, shapes)
+    if exact:
+        built = fill_servers(chosen, cg.patterns, cls, dem)
+        nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
+        placed = nodes_price(nodes, shapes)
     small = n <= SMALL_INTEGER_MASTER_UP_TO
     if not exact and (small or RESTRICTED_INTEGER_MASTER) and time.perf_counter() < deadline - 1.0:
         # The integer master over the generated columns sometimes rounds better than iterated
