@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
-from typing import Any, AsyncIterator, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,23 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import v1, v2
-from serving.body import DEADLINE_KEY, drain, too_large
+from serving.body import DEADLINE_KEY, drain, header, too_large
 from serving.config import Settings
 from serving.dataplane import SERVER_VERSION, DataPlane
-from serving.endpoints import direct_endpoint, error_response, internal_error_response
+from serving.endpoints import direct_endpoint, error_response, inference_path, internal_error_response
 from serving.errors import ServingError, ShuttingDown
 from serving.loader import ModelLoader
 from serving.metrics import Metrics
 from serving.repository import FAILED, LOADING, READY, ModelRepository
 
 log = logging.getLogger("serving.app")
-
-# Inference paths: (protocol, model id) from the path, for metrics, deadlines, the body limit and draining.
-INFERENCE_PATHS = (
-    ("v1", re.compile(r"^/predictions/([^/]+)/?$")),
-    ("v2", re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer/?$")),
-)
-
 
 class ServerState:
     """What the probes, the middleware and the shutdown share."""
@@ -61,14 +53,6 @@ class ServerState:
         self.metrics.model_states(counts[READY], counts[FAILED], counts[LOADING])
 
 
-def _inference_path(path: str) -> Optional[Tuple[str, str]]:
-    for protocol, pattern in INFERENCE_PATHS:
-        match = pattern.match(path)
-        if match:
-            return protocol, match.group(1)
-    return None
-
-
 class ServingMiddleware:
     """For inference requests: the deadline, the in-flight count, Content-Length against MAX_BODY_BYTES, 503 while
     shutting down, and the request metrics (status code and latency by model and protocol); then the protocol's
@@ -79,11 +63,11 @@ class ServingMiddleware:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = _inference_path(scope["path"]) if scope["type"] == "http" else None
+        found = inference_path(scope["path"]) if scope["type"] == "http" else None
         if found is None:
             await self.app(scope, receive, send)
             return
-        protocol, model_id = found
+        protocol, model_id = found.protocol, found.model_id
         state, settings = self.state, self.state.settings
         started = time.monotonic()
         scope[DEADLINE_KEY] = started + settings.request_timeout_ms / 1000.0
@@ -111,7 +95,7 @@ class ServingMiddleware:
                 await drain(receive)
                 await error_response(too_large(settings.max_body_bytes))(scope, receive, send_status)
                 return
-            await (direct_endpoint(state.plane, scope) or self.app)(scope, receive, send_status)
+            await (direct_endpoint(state.plane, scope["method"], found) or self.app)(scope, receive, send_status)
         finally:
             state.plane.settle(arrival)
             state.inflight -= 1
@@ -120,13 +104,11 @@ class ServingMiddleware:
 
 
 def _content_length(scope: Scope) -> Optional[int]:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _validation_message(exc: RequestValidationError) -> str:

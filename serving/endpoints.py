@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
 from starlette.requests import ClientDisconnect
@@ -23,10 +24,33 @@ from serving.errors import ServingError
 
 log = logging.getLogger("serving.endpoints")
 
-V1_PATH = re.compile(r"^/predictions/([^/]+)$")
-V2_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+# The protocols' inference paths; a trailing slash is still an inference request (the middleware counts it and
+# applies its limits) but FastAPI answers it, as it answers every path it routes itself.
+V1_PATH = re.compile(r"^/predictions/([^/]+)(/?)$")
+V2_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer(/?)$")
 
 Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class InferencePath:
+    """What an inference request's path names: its protocol, model and (v2) version."""
+
+    protocol: str  # "v1" or "v2", as the request metrics label it
+    model_id: str
+    version: Optional[str]
+    trailing_slash: bool
+
+
+def inference_path(path: str) -> Optional[InferencePath]:
+    """The inference request this path names, or None for any other path (probes, metadata, /docs)."""
+    match = V1_PATH.match(path)
+    if match:
+        return InferencePath("v1", match.group(1), None, bool(match.group(2)))
+    match = V2_PATH.match(path)
+    if match:
+        return InferencePath("v2", match.group(1), match.group(2), bool(match.group(3)))
+    return None
 
 
 def error_response(error: ServingError) -> JSONResponse:
@@ -37,27 +61,21 @@ def internal_error_response(exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
-def direct_endpoint(plane: DataPlane, scope: Scope) -> Optional[Endpoint]:
-    """The ASGI handler answering this inference request, or None to leave it to FastAPI."""
-    method, path = scope["method"], scope["path"]
-    if method == "POST" or method == "GET":
-        match = V1_PATH.match(path)
-        if match:
-            model_id = match.group(1)
+def direct_endpoint(plane: DataPlane, method: str, found: InferencePath) -> Optional[Endpoint]:
+    """The ASGI handler answering this inference request, or None to leave it to FastAPI (another method, or a
+    trailing slash)."""
+    if found.trailing_slash:
+        return None
+    if found.protocol == "v1" and method in ("POST", "GET"):
+        async def predictions(scope: Scope, receive: Receive, send: Send) -> None:
+            await _answer(v1.predictions(plane, found.model_id, scope, receive), scope, receive, send)
 
-            async def predictions(scope: Scope, receive: Receive, send: Send) -> None:
-                await _answer(v1.predictions(plane, model_id, scope, receive), scope, receive, send)
+        return predictions
+    if found.protocol == "v2" and method == "POST":
+        async def infer(scope: Scope, receive: Receive, send: Send) -> None:
+            await _answer(v2.infer(plane, found.model_id, found.version, scope, receive), scope, receive, send)
 
-            return predictions
-    if method == "POST":
-        match = V2_PATH.match(path)
-        if match:
-            model_id, version = match.group(1), match.group(2)
-
-            async def infer(scope: Scope, receive: Receive, send: Send) -> None:
-                await _answer(v2.infer(plane, model_id, version, scope, receive), scope, receive, send)
-
-            return infer
+        return infer
     return None
 
 

@@ -30,8 +30,23 @@ class _Plane:  # direct_endpoint only closes over the plane; routing needs nothi
     ("GET", "/healthz", False),
 ])
 def test_only_the_protocols_inference_routes_skip_fastapi(method, path, direct):
-    handler = endpoints.direct_endpoint(_Plane(), {"method": method, "path": path})
+    found = endpoints.inference_path(path)
+    handler = endpoints.direct_endpoint(_Plane(), method, found) if found is not None else None
     assert (handler is not None) == direct
+
+
+@pytest.mark.parametrize(("path", "want"), [
+    ("/predictions/minilm", ("v1", "minilm", None, False)),
+    ("/predictions/minilm/", ("v1", "minilm", None, True)),
+    ("/v2/models/minilm/infer", ("v2", "minilm", None, False)),
+    ("/v2/models/minilm/versions/1/infer/", ("v2", "minilm", "1", True)),
+    ("/v2/models/minilm", None),
+    ("/healthz", None),
+])
+def test_the_middleware_reads_protocol_model_and_version_from_the_path(path, want):
+    found = endpoints.inference_path(path)
+    got = None if found is None else (found.protocol, found.model_id, found.version, found.trailing_slash)
+    assert got == want
 
 
 @pytest.fixture(params=["orjson", "json"])
