@@ -15,7 +15,7 @@ from packing.assemble import BuiltServer, Solved, fill_servers, memory_request_m
 from packing.baselines import first_fit_decreasing_by_price
 from packing.budget import TimeBudget
 from packing.classes import Classes, build_classes
-from packing.colgen import ColumnGeneration
+from packing.colgen import ColumnGeneration, Pattern
 from packing.demand import Demand, build_demand
 from packing.dominance import undominated
 from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master, integer_nodes
@@ -119,13 +119,20 @@ class Rounded(NamedTuple):
     placed: float
 
 
+def place_servers(servers: Dict[int, int], patterns: Sequence[Pattern], dem: Demand, cls: Classes,
+                  shapes: Sequence[NodeShape], opts: PackingOptions) -> Tuple[List[BuiltServer], Dict[int, int], float]:
+    """Chosen servers (pattern index -> count) filled with real models and placed on nodes, and what the nodes cost:
+    every candidate plan is compared on that."""
+    built = fill_servers(servers, patterns, cls, dem)
+    nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
+    return built, nodes, nodes_price(nodes, shapes)
+
+
 def place_rounding(cg: ColumnGeneration, rounded: Dict[int, int], dem: Demand, cls: Classes, shapes: Sequence[NodeShape],
                    opts: PackingOptions, rehome_until: float) -> Rounded:
     """Re-homed, filled and placed as the plan would be: roundings compare on what they cost on nodes."""
     chosen = rehome(cg, rounded, shapes, max(0.5, rehome_until - time.perf_counter()))
-    built = fill_servers(chosen, cg.patterns, cls, dem)
-    nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
-    return Rounded(rounded, chosen, built, nodes, nodes_price(nodes, shapes))
+    return Rounded(rounded, chosen, *place_servers(chosen, cg.patterns, dem, cls, shapes, opts))
 
 
 def checkpoint_roundings(cg: ColumnGeneration, budget: TimeBudget, dem: Demand, cls: Classes, shapes: Sequence[NodeShape],
@@ -164,6 +171,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
     say(f"fluid relaxation: ${fluid.value:.3f}/h")
     cg = ColumnGeneration(cls, shapes, opts.min_replicas)
     exact = n <= EXACT_CLASSES_UP_TO and cg.enumerate_all(limit=EXACT_PATTERNS_UP_TO)
+    small = n <= SMALL_INTEGER_MASTER_UP_TO
     if exact:
         # Small enough to list every server pattern: the integer master over all of them is exact
         # (up to the node-level host memory it aggregates), and its proven optimum is a bound.
@@ -173,6 +181,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         config_bound = ip.cost if ip.optimal else 0.0
         lp_value, rounds, converged = ip.cost, 0, ip.optimal
         say(f"exact: every pattern listed ({len(cg.patterns)}), integer master ${ip.cost:.3f}/h")
+        built, nodes, placed = place_servers(chosen, cg.patterns, dem, cls, shapes, opts)
     else:
         moments, at_checkpoint, earlier = checkpoint_roundings(cg, budget, dem, cls, shapes, opts, say)
         result = cg.run(budget.at(shares.COLUMN_GENERATION), warm=(fluid.pi, fluid.rho),
@@ -180,8 +189,9 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
                         checkpoints=moments, at_checkpoint=at_checkpoint if moments else None)
         say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
             f"bound ${result.lower_bound:.3f}/h")
-        # The LP's support, before the rounding's restricted LPs overwrite its values.
-        support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)}
+        # The LP's support, before the rounding's restricted LPs overwrite its values (for the
+        # restricted integer master only).
+        support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)} if RESTRICTED_INTEGER_MASTER and not small else set()
         rounded = cg.integer_solution(budget.at(shares.ROUNDING))
         say(f"integer: iterated rounding ${cg.pod_cost(rounded):.3f}/h of pods")
         last = place_rounding(cg, rounded, dem, cls, shapes, opts, budget.at(shares.REHOME))
@@ -192,11 +202,6 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         lower = max(fluid.value, result.lower_bound)
         config_bound = result.lower_bound
         lp_value, rounds, converged = result.lp_value, result.iterations, result.converged
-    if exact:
-        built = fill_servers(chosen, cg.patterns, cls, dem)
-        nodes = place_on_nodes(built, shapes, spread=opts.min_replicas)
-        placed = nodes_price(nodes, shapes)
-    small = n <= SMALL_INTEGER_MASTER_UP_TO
     if not exact and (small or RESTRICTED_INTEGER_MASTER) and time.perf_counter() < deadline - 1.0:
         # The integer master over the generated columns sometimes rounds better than iterated
         # rounding; keep whichever packs cheaper. Small problems give it every column; large ones
@@ -212,9 +217,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
         except RuntimeError:
             ip = None  # no incumbent within the time left: keep the rounding's plan
         if ip is not None:
-            other = fill_servers(ip.servers, subset, cls, dem)
-            other_nodes = place_on_nodes(other, shapes, spread=opts.min_replicas)
-            other_cost = nodes_price(other_nodes, shapes)
+            other, other_nodes, other_cost = place_servers(ip.servers, subset, dem, cls, shapes, opts)
             say(f"integer master over {len(subset)} columns: ${ip.cost:.3f}/h, ${other_cost:.3f}/h placed ({ip.status}), "
                 f"rounding ${placed:.3f}/h")
             if other_cost < placed - 1e-9:
