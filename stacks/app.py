@@ -120,7 +120,8 @@ def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Option
     same plan, environment and images), or one made from the effective config (written beside it) and
     cached under .cdk-dist/<env>/, keyed by the digests of the plan, the config and the code that writes it
     (stacks.dist_cache: an edit to charts/ or contracts/ makes a new one)."""
-    plan_sha = hashlib.sha256(settings.plan_path.read_bytes()).hexdigest()
+    plan = settings.plan_path.read_bytes()
+    plan_sha = hashlib.sha256(plan).hexdigest()
     images = helm_values(settings.config)["images"]
     if dist:
         path = Path(dist)
@@ -141,7 +142,7 @@ def ensure_dist(settings: EnvSettings, dist: Optional[str], *, cache_dir: Option
         return path
     text = yaml.safe_dump(settings.document, sort_keys=False)
     try:
-        key = dist_inputs(REPO_ROOT, settings.plan_path.read_bytes(), text).key
+        key = dist_inputs(REPO_ROOT, plan, text).key
     except FileNotFoundError as exc:
         raise SettingsError(str(exc)) from None
     cache = Path(cache_dir) if cache_dir else REPO_ROOT / DIST_CACHE
