@@ -326,7 +326,7 @@ def markdown(report: Dict[str, Any]) -> str:
         ffd = ", ".join(f"{n} x {t}" for t, n in r["ffd"]["instances"].items())
         lines.append(f"- ({r['key']}) planner: {inst}; FFD: {ffd}")
     lines.append("")
-    lines.append("Where the bound comes from (the reported bound is the larger of the last two):")
+    lines.append("Where the bound comes from (the reported bound is the largest of the last three):")
     lines.append("")
     for r in report["scenarios"]:
         sol = r["planner"].get("solver")
@@ -334,7 +334,8 @@ def markdown(report: Dict[str, Any]) -> str:
             lines.append(f"- ({r['key']}) {sol['name']}, {sol['classes']} classes, {sol['rounds']} rounds, "
                          f"{sol['columns']} columns: LP {_money(sol['lp_per_hour'])}, fluid relaxation "
                          f"{_money(sol['fluid_per_hour'])}, configuration LP (Farley) "
-                         f"{_money(sol.get('config_bound_per_hour'))}")
+                         f"{_money(sol.get('config_bound_per_hour'))}, fluid with whole nodes "
+                         f"{_money(sol.get('whole_node_bound_per_hour'))}")
     return "\n".join(lines) + "\n"
 
 

@@ -196,7 +196,8 @@ def run_point(sc: CurveScenario, data: Dict[str, Any], models_path: Path, instan
         "solve_seconds": plan["solve_seconds"], "cost_per_hour": plan["cost_per_hour"],
         "lower_bound_per_hour": plan["lower_bound_per_hour"], "gap": plan["gap"], "instances": plan["instances"],
         "solver": {k: sol.get(k) for k in ("name", "classes", "columns", "rounds", "lp_converged", "lp_per_hour",
-                                           "fluid_per_hour", "config_bound_per_hour", "integer")},
+                                           "fluid_per_hour", "config_bound_per_hour",
+                                           "whole_node_bound_per_hour", "integer")},
         # Shares of the cost, adding up to the gap (packing.planner.gap_split).
         "rounding_loss": sol.get("rounding_loss"), "bound_weakness": sol.get("bound_weakness"),
     })

@@ -257,6 +257,30 @@ class FluidSolution:
 
 
 def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: int) -> FluidSolution:
+    """The fluid LP (`_fluid_model`) solved, with its duals."""
+    prob, group = _fluid_model(cls, shapes, min_replicas, pulp.LpContinuous)
+    prob.solve(pulp.HiGHS(msg=False, threads=1))
+    if prob.status != pulp.LpStatusOptimal:
+        raise RuntimeError(f"the fluid relaxation did not solve: {pulp.LpStatus[prob.status]}")
+    pi = np.array([max(0.0, prob.constraints[f"place_{i}"].pi or 0.0) for i in range(len(cls))])
+    rho = np.array([max(0.0, -(prob.constraints[f"host_{group[t]}"].pi or 0.0)) for t in range(len(shapes))])
+    return FluidSolution(float(pulp.value(prob.objective)), pi, rho)
+
+
+def whole_node_bound(cls: Classes, shapes: Sequence[NodeShape], min_replicas: int, time_limit: float) -> float:
+    """The fluid relaxation with a whole number of nodes of each instance type: still a
+    relaxation of every plan (whose nodes are whole), and above the fluid LP wherever its
+    fractional nodes mattered (on the mixed 3,040 catalogue, about 1.3% of the bound: a few
+    dear nodes of which the LP bought a share). A MIP, so HiGHS's proven dual bound is what
+    counts: valid wherever it stops; 0 if it stopped before bounding anything."""
+    prob, _ = _fluid_model(cls, shapes, min_replicas, pulp.LpInteger)
+    prob.solve(pulp.HiGHS(msg=False, threads=1, timeLimit=max(0.1, time_limit)))
+    bound = float(prob.solverModel.getInfo().mip_dual_bound)
+    return bound if math.isfinite(bound) else 0.0
+
+
+def _fluid_model(cls: Classes, shapes: Sequence[NodeShape], min_replicas: int,
+                 node_kind: str) -> Tuple[pulp.LpProblem, List[int]]:
     """The fluid LP: models may be split across pods, pods across nodes. It relaxes the real
     problem (with the classes' `lo` values), so its value is a lower bound, and its duals are a
     good start for the Farley bound, which puts back that a model cannot be split.
@@ -277,7 +301,7 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
     n_cls, n_shapes = len(cls), len(shapes)
     group = node_groups(shapes)
     types = sorted(set(group))
-    node_of = {g: pulp.LpVariable(f"nodes_{g}", lowBound=0) for g in types}
+    node_of = {g: pulp.LpVariable(f"nodes_{g}", lowBound=0, cat=node_kind) for g in types}
     pods = [pulp.LpVariable(f"servers_{t}", lowBound=0) for t in range(n_shapes)]
     y: Dict[tuple, pulp.LpVariable] = {}
     z: Dict[tuple, pulp.LpVariable] = {}
@@ -297,7 +321,6 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
     for i in range(n_cls):
         cover[i] = pulp.lpSum(by_class[i]) >= int(cls.count[i])
         prob += cover[i], f"place_{i}"
-    host_rows = {}
     slot_use: Dict[int, List] = defaultdict(list)
     host_use: Dict[int, List] = defaultdict(list)
     for t, s in enumerate(shapes):
@@ -326,11 +349,5 @@ def fluid_relaxation(cls: Classes, shapes: Sequence[NodeShape], min_replicas: in
                                   + pulp.lpSum(int(cls.replicas[i, t]) * (s.pod_base_mib + cls.h_lo[i, t]) * v for i, v in own))
     for g in types:
         prob += pulp.lpSum(slot_use[g]) <= shapes[g].slots * node_of[g], f"slots_{g}"
-        host_rows[g] = pulp.lpSum(host_use[g]) <= shapes[g].host_alloc_mib * node_of[g]
-        prob += host_rows[g], f"host_{g}"
-    prob.solve(pulp.HiGHS(msg=False, threads=1))
-    if prob.status != pulp.LpStatusOptimal:
-        raise RuntimeError(f"the fluid relaxation did not solve: {pulp.LpStatus[prob.status]}")
-    pi = np.array([max(0.0, prob.constraints[f"place_{i}"].pi or 0.0) for i in range(n_cls)])
-    rho = np.array([max(0.0, -(prob.constraints[f"host_{group[t]}"].pi or 0.0)) for t in range(n_shapes)])
-    return FluidSolution(float(pulp.value(prob.objective)), pi, rho)
+        prob += pulp.lpSum(host_use[g]) <= shapes[g].host_alloc_mib * node_of[g], f"host_{g}"
+    return prob, group

@@ -275,6 +275,7 @@ def replan(
     built, ids, counts = finish(fleet, previous)
     info = {"name": "replan", "carried_servers": sum(1 for i in fleet.ids if i is not None),
             "lp_per_hour": lower, "fluid_per_hour": lower, "config_bound_per_hour": 0.0,
+            "whole_node_bound_per_hour": 0.0,
             **({"move_cost": budget.move_cost} if budget.move_cost is not None else {}),
             **({"max_moves": budget.max_moves} if budget.max_moves is not None else {})}
     result = write_plan(Solved(built, counts, lower, info), dem, ids, models, profile_sources, catalogue, opts,

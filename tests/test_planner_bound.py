@@ -1,6 +1,6 @@
 """The bounds that hold while classes are coarse: with members of a class unlike each other, the
-configuration LP's Farley bound and the fluid relaxation (both over the classes' `lo` values)
-must still never exceed the brute-force optimum of the real models."""
+configuration LP's Farley bound and the fluid relaxation, with fractional or whole nodes (all over
+the classes' `lo` values), must still never exceed the brute-force optimum of the real models."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from contracts import InstanceCatalogue, ModelCatalogue, parse
 from packing.classes import build_classes
 from packing.colgen import ColumnGeneration
 from packing.demand import build_demand
-from packing.formulation import fluid_relaxation
+from packing.formulation import fluid_relaxation, whole_node_bound
 from packing.profiles import resolve_profiles
 from packing.resources import PackingOptions, node_shapes
 from tests.bruteforce import BruteForce
@@ -42,6 +42,8 @@ def test_bounds_over_coarse_classes_never_exceed_the_optimum(case):
     cls = build_classes(dem, opts.max_utilization, COARSE_MEMORY, COARSE_LOAD)
     fluid = fluid_relaxation(cls, shapes, opts.min_replicas)
     assert fluid.value <= optimum + TOL
+    whole = whole_node_bound(cls, shapes, opts.min_replicas, time_limit=30.0)
+    assert fluid.value - TOL <= whole <= optimum + TOL, (fluid.value, whole, optimum)
     cg = ColumnGeneration(cls, shapes, opts.min_replicas)
     # A generous limit, not a timing check: the bound must hold wherever the loop stops.
     result = cg.run(time.perf_counter() + 30.0, warm=(fluid.pi, fluid.rho))
@@ -78,3 +80,24 @@ def test_a_class_of_unlike_models_is_bounded_by_its_smallest():
     assert abs(result.lp_value - 2.0) <= TOL  # columns are priced with the maxima: valid pods, a pessimistic LP
     assert fluid.value <= optimum + TOL
     assert result.lower_bound <= optimum + TOL
+
+
+def test_whole_nodes_bound_what_a_share_of_a_node_cannot():
+    """One small model on a four-chip node: the fluid relaxation buys a quarter of the node, the
+    plan must buy all of it, and so must the bound with whole nodes."""
+    catalogue = parse(InstanceCatalogue, {
+        "cpu_slice_vcpu": 2, "server_base": {"cpu_m": 100, "memory_mib": 200},
+        "daemonset_overhead": {"cpu_m": 0, "memory_mib": 0}, "platform": {},
+        "instances": [{"name": "inf1.t4", "processor": "inf1", "price_per_hour": 2.0, "vcpu": 16, "memory_gib": 32,
+                       "devices": 4, "device_memory_gib": 1, "cores_per_device": 1, "max_pods": 20}],
+    }, "instances.yaml")
+    models = parse(ModelCatalogue, {"models": [
+        {"id": "lone", "rps": 1.0, "profiles": {"inf1": {"device_memory_mib": 300, "host_memory_mib": 100, "latency_ms": 10}}},
+    ]}, "models.yaml").models
+    opts = PackingOptions()
+    shapes = node_shapes(catalogue, opts)
+    profiles, _ = resolve_profiles(models)
+    cls = build_classes(build_demand(models, profiles, shapes, opts), opts.max_utilization, COARSE_MEMORY, COARSE_LOAD)
+    fluid = fluid_relaxation(cls, shapes, opts.min_replicas)
+    assert fluid.value <= 0.5 + TOL  # a pod's share of the node
+    assert abs(whole_node_bound(cls, shapes, opts.min_replicas, time_limit=10.0) - 2.0) <= TOL
