@@ -109,7 +109,7 @@ bench-serve: $(STAMP)
 	test -x $(VENV)/bin/py-spy || $(PY) -m pip install --quiet --disable-pip-version-check py-spy
 	$(PY) -m bench.serving --out bench/results/serving.json
 
-# The latency model (packing/latency.py) against real servers: pinned 1- and 2-worker pods of MiniLM alone and
+# The latency model (packing/model/latency.py) against real servers: pinned 1- and 2-worker pods of MiniLM alone and
 # mixed with a random BERT, open-loop Poisson load at 20-80% of the profiled capacity, both prediction rules beside
 # the measured P90, and the server's own CPU per request (server_base.request_cpu_ms). About 10 minutes.
 bench-latency: $(STAMP)

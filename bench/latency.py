@@ -1,6 +1,6 @@
 """`python -m bench.latency [--out bench/results/latency.json] [--quick]`: the latency model against measurement.
 
-packing/latency.py predicts a pod's P90 from its models' measured profiles, their rates and the server's own CPU per
+packing/model/latency.py predicts a pod's P90 from its models' measured profiles, their rates and the server's own CPU per
 request (`server_base.request_cpu_ms` in config/instances.yaml): the batch-1 model where the server runs one row a
 forward (MAX_BATCH_SIZE=1), the batching model (each model's batch curve, `by_batch`) where it batches. This benchmark
 checks those predictions, and the M/M/c rule the batch-1 model replaced, against real servers on this machine:
@@ -21,7 +21,7 @@ checks those predictions, and the M/M/c rule the batch-1 model replaced, against
   pinned with taskset to a core the pod does not use where there is one (a 2-worker pod on a 2-core machine
   shares a core with it: the results say so). The first seconds of each point warm the queue up and are not
   counted;
-- each point: the predicted P90 (packing.latency with the store entry's profile, cores = WORKERS, and the pod's
+- each point: the predicted P90 (packing.model.latency with the store entry's profile, cores = WORKERS, and the pod's
   MAX_BATCH_SIZE: the batching model above 1), the measured (nearest-rank, pooled) P90, their ratio, the batch-1
   model's P90 (what the planner predicts, batching aside) and the old rule's (mmc_p90_ms) beside it, per model and
   per pod (the pod's P90 is the largest of its models', as the planner predicts it). Pods run as deployed
@@ -65,7 +65,7 @@ from contracts import InstanceCatalogue, load, write_atomic, write_json_atomic
 from contracts.measures import percentile
 from contracts.net import free_port
 from loadtest.report import png_figure
-from packing.latency import (
+from packing.model.latency import (
     BatchCurve,
     BatchingPrediction,
     BatchStream,
@@ -430,7 +430,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"- {name}: {v['within']} of {v['rows']} ratios within {TARGET_BAND[0]}–{TARGET_BAND[1]} "
                      f"(range {fmt(v['min'], 2)}–{fmt(v['max'], 2)}); " + "; ".join(parts))
     lines += ["", "Rows per model and per pod (the pod's P90 is the largest of its models', as the planner predicts it); "
-                  "✗ marks a ratio outside the band. *predicted*: packing/latency.py from the store entry's profile and "
+                  "✗ marks a ratio outside the band. *predicted*: packing/model/latency.py from the store entry's profile and "
                   "server_base.request_cpu_ms, by the batch-1 model on MAX_BATCH_SIZE 1 pods and by the batching model "
                   "(the profile's batch curve, MAX_BATCH_SIZE 8, MAX_DELAY_MS 0) on the others; *batch (pred.)*: the batching "
                   "model's mean rows per batch; *batch-1*: the batch-1 model, which the planner's caps and figures use; "

@@ -34,12 +34,12 @@ from rich.table import Table
 
 import contracts
 from contracts import InstanceCatalogue, ModelCatalogue, ReferenceProfiles
-from packing.baselines import BaselineResult, first_fit_decreasing_by_price, reference_fixed_packing
-from packing.demand import build_demand
 from packing.generate import mixed_catalogue, seed_scenario, write_catalogue
+from packing.model.demand import build_demand
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes
+from packing.solve.baselines import BaselineResult, first_fit_decreasing_by_price, reference_fixed_packing
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTANCES = ROOT / "config" / "instances.yaml"

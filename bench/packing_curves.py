@@ -10,7 +10,7 @@ only, (d) the mixed 100,000-model catalogue (seed 11), loaded from a .json file 
 Each scenario is planned once per time limit (default 5, 15, 60 and 300 s; `--quick`: 5, 15 and 60 s and no
 (d)). One run per limit, not one long run sampled: the planner is deterministic given its limit, and its
 incumbent exists only once rounding has run, at a fixed share of the limit, so a run cannot report a plan
-part-way. First-fit decreasing by price (packing/baselines.py) runs once per scenario beside them. Every plan
+part-way. First-fit decreasing by price (packing/solve/baselines.py) runs once per scenario beside them. Every plan
 is checked by ../shared/tools/check_plan.py but the 100,000-model ones (the checker takes more than 7 minutes
 on those). Results: JSON, Markdown beside it, and a plot (.png) of cost and bound against time per scenario.
 """
@@ -34,11 +34,11 @@ from bench.harness import log, proc_loadavg
 from bench.packing import INSTANCES, REFERENCE, SMALL_CHECK_TIMEOUT_S, machine, run_checker, run_planner, write_models
 from bench.packing import _checker_instances as checker_instances_yaml
 from contracts import InstanceCatalogue, ModelCatalogue, ReferenceProfiles
-from packing.baselines import first_fit_decreasing_by_price
-from packing.demand import build_demand
 from packing.generate import mixed_catalogue
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes
+from packing.model.demand import build_demand
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes
+from packing.solve.baselines import first_fit_decreasing_by_price
 from tests.exact_fill import EXACT_CAP_GIB, EXACT_PRICE, EXACT_UTIL, exact_fill_case
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,12 +26,12 @@ import numpy as np
 import yaml
 
 from contracts import InstanceCatalogue, ModelCatalogue, Plan, load, parse
-from packing.diff import plan_diff
 from packing.generate import mixed_catalogue
+from packing.improve.replan import MoveBudget, replan
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.replan import MoveBudget, replan
-from packing.resources import PackingOptions
+from packing.report.diff import plan_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTANCES = ROOT / "config" / "instances.yaml"

@@ -14,10 +14,10 @@ from rich.markup import escape
 from contracts import ContractError, InstanceCatalogue, ModelCatalogue, Plan, Profile, ReferenceProfiles, load, write_json_atomic
 from packing import generate
 from packing.arguments import fraction, positive
-from packing.demand import UnplaceableModels
+from packing.model.demand import UnplaceableModels
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions
 from store import StoreError, file_sha256
 
 EXIT_BAD_INPUT = 2
@@ -74,7 +74,7 @@ def add_diff_parser(sub) -> None:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from packing.diff import plan_diff, print_diff
+    from packing.report.diff import plan_diff, print_diff
 
     diff = plan_diff(load(Plan, args.old), load(Plan, args.new))
     if args.json:
@@ -119,7 +119,7 @@ def run_plan(args: argparse.Namespace) -> int:
             time_limit_s=args.time_limit,
         )
         if args.previous:
-            from packing.replan import MoveBudget, replan
+            from packing.improve.replan import MoveBudget, replan
 
             previous = load(Plan, args.previous)
             result = replan(previous, file_sha256(args.previous), models, profiles, sources, catalogue, opts,
@@ -130,12 +130,12 @@ def run_plan(args: argparse.Namespace) -> int:
             result = plan_servers(models, profiles, sources, catalogue, opts, inputs,
                                   progress=lambda msg: status.update(msg))
     png = args.png or args.out.with_suffix(".png")
-    from packing.plot import plot_plan  # matplotlib is slow to import: only when a plan exists
+    from packing.report.plot import plot_plan  # matplotlib is slow to import: only when a plan exists
     plot_plan(result.plan, result.pods, png)
     write_json_atomic(args.out, result.plan.to_json_dict())
     plan = result.plan
     if not args.quiet:
-        from packing.table import print_plan_summary
+        from packing.report.table import print_plan_summary
         print_plan_summary(plan, Console())
     print(f"plan: {args.out}  picture: {png}  ${plan.cost_per_hour:.2f}/h, bound ${plan.lower_bound_per_hour:.2f}/h, "
           f"gap {plan.gap:.2%}, {sum(plan.instances.values())} instances, {len(plan.servers)} servers, "

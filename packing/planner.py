@@ -12,20 +12,20 @@ import numpy as np
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, Profile
 from packing import budget as shares
-from packing.assemble import BuiltServer, Solved, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
-from packing.baselines import first_fit_decreasing_by_price
 from packing.budget import TimeBudget
-from packing.classes import Classes, build_classes
-from packing.colgen import ColumnGeneration, Pattern
-from packing.demand import Demand, build_demand
-from packing.dominance import undominated
-from packing.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master, integer_nodes, whole_node_bound
-from packing.knapsack import quiet_banner
-from packing.latency import Stream, pod_p90_ms
-from packing.loads import ModelLoad, PodLoad
-from packing.repair import ffd_nodes, from_baseline, improve, tighten_plan
-from packing.resources import NodeShape, PackingOptions, node_shapes, nodes_price
-from packing.tiers import service_of
+from packing.improve.repair import ffd_nodes, from_baseline, improve, tighten_plan
+from packing.model.classes import Classes, build_classes
+from packing.model.demand import Demand, build_demand
+from packing.model.dominance import undominated
+from packing.model.latency import Stream, pod_p90_ms
+from packing.model.resources import NodeShape, PackingOptions, node_shapes, nodes_price
+from packing.model.tiers import service_of
+from packing.place.assemble import BuiltServer, Solved, fill_servers, memory_request_mib, place_as_solved, place_on_nodes, pod_figures
+from packing.report.loads import ModelLoad, PodLoad
+from packing.solve.baselines import first_fit_decreasing_by_price
+from packing.solve.colgen import ColumnGeneration, Pattern
+from packing.solve.formulation import ServerGroup, choose_shapes, fluid_relaxation, integer_master, integer_nodes, whole_node_bound
+from packing.solve.knapsack import quiet_banner
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
 EXACT_CLASSES_UP_TO = 60
@@ -255,7 +255,7 @@ def solve(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, deadli
 def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: float, deadline: float,
          say: Callable[[str], None]) -> Solved:
     """The solver, the re-plan of part-empty nodes and first-fit decreasing, cheapest kept; `dem`
-    over undominated `shapes`. Also packs a re-plan's new and displaced models (packing/replan.py)."""
+    over undominated `shapes`. Also packs a re-plan's new and displaced models (packing/improve/replan.py)."""
     budget = TimeBudget(start, deadline - start)
     solved = solve(dem, shapes, opts, budget.at(shares.SOLVE), say)
     solved = improve(solved, dem, shapes, opts, budget.at(shares.IMPROVE), say, solve)
@@ -298,7 +298,7 @@ def plan_servers(
 
 
 def pod_streams(s: BuiltServer, dem: Demand) -> List[Stream]:
-    """One pod's traffic, model by model, for the latency model (packing/latency.py)."""
+    """One pod's traffic, model by model, for the latency model (packing/model/latency.py)."""
     shape = dem.shapes[s.shape]
     out = []
     for m in s.models:
@@ -323,13 +323,13 @@ def pod_cpu_request_m(s: BuiltServer, dem: Demand) -> int:
 
 
 def latency_model_info(catalogue: InstanceCatalogue) -> Dict[str, object]:
-    """What the plan's predicted P90s assume (packing/latency.py), so a reader can weigh them."""
+    """What the plan's predicted P90s assume (packing/model/latency.py), so a reader can weigh them."""
     return {"name": "M/G/c (Allen-Cunneen), lognormal service through the profile's p50 and p90",
             "service_at": "each profile's measured sequence length (the traced length); shorter texts run faster",
             "request_cpu_ms": catalogue.server_base.request_cpu_ms,
             "request_cpu_on": "cpu pods: the model's cores (added to service); accelerator pods: the host (added after)",
             "batching": ("not in these figures: every request its own forward (batching adds capacity under load, "
-                         "but the plan does not know its servers' MAX_BATCH_SIZE; packing.latency.batching_prediction "
+                         "but the plan does not know its servers' MAX_BATCH_SIZE; packing.model.latency.batching_prediction "
                          "models it, checked in make bench-latency)")}
 
 

@@ -8,10 +8,10 @@ from typing import Dict, List
 import numpy as np
 
 from contracts import InstanceCatalogue, ModelCatalogue, parse
-from packing.baselines import BaselineResult, first_fit_decreasing_by_price
-from packing.demand import TOLERANCE, Demand, build_demand
-from packing.profiles import resolve_profiles
-from packing.resources import NodeShape, PackingOptions, node_shapes
+from packing.model.demand import TOLERANCE, Demand, build_demand
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import NodeShape, PackingOptions, node_shapes
+from packing.solve.baselines import BaselineResult, first_fit_decreasing_by_price
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTANCES_YAML = ROOT / "config" / "instances.yaml"

@@ -12,7 +12,7 @@ models into pods, and keeps the cheapest. The problem (min_replicas 1, no hot mo
   cost = sum of the nodes' prices (no platform costs)
 
 Capacities are compared with a relative tolerance of 1e-9. The node shapes (allocatable
-resources) come from `packing.resources`, which is a pure function of the catalogue.
+resources) come from `packing.model.resources`, which is a pure function of the catalogue.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from contracts import ModelSpec
-from packing.resources import NodeShape
+from packing.model.resources import NodeShape
 
 TOL = 1e-9
 MAX_MODELS = 6

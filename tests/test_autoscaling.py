@@ -22,11 +22,11 @@ from charts.cli import main as charts_main
 from charts.config import EnvConfig
 from charts.synth import synth
 from contracts import ContractError, InstanceCatalogue, ModelCatalogue, Plan, load, parse
-from packing.latency import erlang_c as packing_erlang_c
-from packing.latency import wait_of
+from packing.model.latency import erlang_c as packing_erlang_c
+from packing.model.latency import wait_of
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions
 from tests.crd_schemas import served_schemas
 from tests.shared_checker import run_check_manifests
 
@@ -160,7 +160,7 @@ def test_the_trigger_reads_requests_in_flight_from_prometheus_and_scales_as_the_
 
 def expected_inflight(server, models: List[dict], processor_cores: int, request_cpu_ms: float) -> float:
     """Little's law on the catalogue's figures: the pod's rate scaled to its cap, times service + M/G/c wait
-    (packing/latency.py) + the host's work per request."""
+    (packing/model/latency.py) + the host's work per request."""
     rate = sum(m["rps"] for m in models if m["id"] in server.models) / server.replicas
     mean = sum(m["rps"] * m["profiles"][server.processor]["latency_ms"] for m in models if m["id"] in server.models) \
         / server.replicas / rate

@@ -1,4 +1,4 @@
-"""The baselines of packing/baselines.py on hand-made cases with known answers, the reference
+"""The baselines of packing/solve/baselines.py on hand-made cases with known answers, the reference
 design's fixed packing on the seed scenario, and the planner against first-fit decreasing."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from contracts import InstanceCatalogue, ModelCatalogue, parse
-from packing.baselines import first_fit_decreasing_by_price, reference_fixed_packing
-from packing.demand import build_demand
 from packing.generate import mixed_catalogue, seed_scenario
+from packing.model.demand import build_demand
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes
+from packing.solve.baselines import first_fit_decreasing_by_price, reference_fixed_packing
 from tests.baseline_fixtures import COST_TOL, INSTANCES_YAML, PLATFORM, catalogue, demand_of, ffd, instance, model, violations
 
 # -- first-fit decreasing by price: hand-made cases ----------------------------------------------

@@ -1,4 +1,4 @@
-"""The batching latency model (packing/latency.py, `batching_prediction`) against its known limits and against the
+"""The batching latency model (packing/model/latency.py, `batching_prediction`) against its known limits and against the
 server's batching queue simulated event by event.
 
 The simulation is the test's oracle, written from serving/batcher.py's rules rather than from the model: Poisson
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from contracts.models import LatencyPoint
-from packing.latency import (
+from packing.model.latency import (
     Z90,
     BatchCurve,
     BatchStream,

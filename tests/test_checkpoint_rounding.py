@@ -10,11 +10,11 @@ import pytest
 
 from contracts import InstanceCatalogue, ModelCatalogue, load, parse
 from packing import planner
-from packing.demand import build_demand
-from packing.dominance import undominated
 from packing.generate import mixed_catalogue
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes, nodes_price
+from packing.model.demand import build_demand
+from packing.model.dominance import undominated
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes, nodes_price
 from tests.plan_checks import ROOT
 
 MODELS = 400  # past the integer master's size, so the rounding alone decides the solver's plan

@@ -1,4 +1,4 @@
-"""Emptying part-filled servers into the others' free room (packing/fleet.py, repair.tighten_plan):
+"""Emptying part-filled servers into the others' free room (packing/place/fleet.py, repair.tighten_plan):
 hand-made cases with known answers, and random plans checked by the same independent rules the
 first-fit baseline is checked by."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import List
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packing.assemble import BuiltServer, Solved, place_on_nodes
-from packing.baselines import BaselineResult, BaselineServer
-from packing.repair import tighten_plan
-from packing.resources import PackingOptions
+from packing.improve.repair import tighten_plan
+from packing.model.resources import PackingOptions
+from packing.place.assemble import BuiltServer, Solved, place_on_nodes
+from packing.solve.baselines import BaselineResult, BaselineServer
 from tests.baseline_fixtures import PLATFORM, catalogue, demand_of, instance, model, violations
 
 OPTS = PackingOptions(max_utilization=0.8, max_device_memory_gib=4.0)

@@ -1,5 +1,5 @@
-"""The latency model (packing/latency.py) against known values and a queue simulated event by event,
-and the SLO tiers' caps (packing/tiers.py) as bounds over every mix a tier admits."""
+"""The latency model (packing/model/latency.py) against known values and a queue simulated event by event,
+and the SLO tiers' caps (packing/model/tiers.py) as bounds over every mix a tier admits."""
 from __future__ import annotations
 
 import heapq
@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from packing.latency import (
+from packing.model.latency import (
     ServiceTime,
     Stream,
     TierBound,

@@ -34,7 +34,7 @@ from bench.latency import (
 from contracts import ContractError, Plan
 from loadtest.report import OpenLoopResult, open_server_rates, server_rows
 from loadtest.stats import Sample
-from packing.latency import BatchCurve, BatchStream, batching_p90s_ms
+from packing.model.latency import BatchCurve, BatchStream, batching_p90s_ms
 
 
 def _by_batch(p50: float, p90: float) -> dict:

@@ -18,18 +18,18 @@ from hypothesis import strategies as st
 from contracts import InstanceCatalogue, ModelCatalogue, parse
 from packing import budget as shares
 from packing.budget import TimeBudget
-from packing.demand import UnplaceableModels, build_demand
-from packing.dominance import undominated
-from packing.knapsack import Knapsack, dp_bounded_knapsack, quiet_banner
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes
+from packing.model.demand import UnplaceableModels, build_demand
+from packing.model.dominance import undominated
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes
+from packing.solve.knapsack import Knapsack, dp_bounded_knapsack, quiet_banner
 from tests.bruteforce import optimum
 from tests.tiny_cases import inf1_type, inline, tiny_cases
 
 # -- the pricing knapsack ------------------------------------------------------------------------
 
 FEASIBLE_TOL = 1e-6  # HiGHS's primal feasibility tolerance is 1e-7 absolute; caps here are >= 1
-MIP_GAP = 1e-3  # what packing/knapsack.py's docstring states for `solve`
+MIP_GAP = 1e-3  # what packing/solve/knapsack.py's docstring states for `solve`
 SIZES = (1, 3, 5, 7)
 CASES_PER_SIZE = 12
 
@@ -149,7 +149,7 @@ def shapes_and_demand(case: dict):
 
 def dearer_copy(t: dict, rise: float, fewer_devices: int) -> dict:
     """The same instance type at a higher price and, for inf1, with fewer devices (so fewer slots).
-    Fewer pods on an accelerator node leave it a MiB more host memory each (packing/resources.py),
+    Fewer pods on an accelerator node leave it a MiB more host memory each (packing/model/resources.py),
     so a copy with fewer devices also gets half a GiB less memory: without that it is not dominated."""
     out = {**t, "name": t["name"] + "-dear", "price_per_hour": round(t["price_per_hour"] * (1 + rise), 6)}
     if t["processor"] == "inf1" and fewer_devices and t["devices"] > 1:

@@ -9,12 +9,12 @@ import time
 from hypothesis import HealthCheck, assume, given, settings
 
 from contracts import InstanceCatalogue, ModelCatalogue, parse
-from packing.classes import build_classes
-from packing.colgen import ColumnGeneration
-from packing.demand import build_demand
-from packing.formulation import fluid_relaxation, whole_node_bound
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes
+from packing.model.classes import build_classes
+from packing.model.demand import build_demand
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes
+from packing.solve.colgen import ColumnGeneration
+from packing.solve.formulation import fluid_relaxation, whole_node_bound
 from tests.bruteforce import BruteForce
 from tests.tiny_cases import tiny_cases
 

@@ -2,7 +2,7 @@
 scenario of the reference design, for determinism, and for bad inputs through the CLI.
 
 The brute force (tests/bruteforce.py) shares nothing with the planner's solver but the node
-shapes (`packing.resources`, a pure function of the catalogue); plans are also checked by the
+shapes (`packing.model.resources`, a pure function of the catalogue); plans are also checked by the
 independent ../shared/tools/check_plan.py.
 """
 from __future__ import annotations
@@ -21,13 +21,13 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 
 from contracts import InstanceCatalogue, ModelCatalogue, ModelSpec, parse
-from packing.classes import build_classes
-from packing.colgen import BIG_POD_SPLITS, ColumnGeneration
-from packing.demand import UnplaceableModels, build_demand
-from packing.formulation import fewest_nodes, integer_master
+from packing.model.classes import build_classes
+from packing.model.demand import UnplaceableModels, build_demand
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes, nodes_price
 from packing.planner import CLASS_RESOLUTION, LOAD_RESOLUTION, plan_servers
-from packing.profiles import resolve_profiles
-from packing.resources import PackingOptions, node_shapes, nodes_price
+from packing.solve.colgen import BIG_POD_SPLITS, ColumnGeneration
+from packing.solve.formulation import fewest_nodes, integer_master
 from tests.bruteforce import BruteForce, packing_cost, violations
 from tests.exact_fill import (
     EXACT_CAP_GIB,

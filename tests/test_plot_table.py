@@ -15,9 +15,9 @@ from PIL import Image
 from rich.console import Console
 
 import contracts
-from packing.loads import ModelLoad, PodLoad
-from packing.plot import DETAIL_MAX_SERVERS, plan_figure, plot_plan
-from packing.table import plan_table, print_plan_summary, servers_table
+from packing.report.loads import ModelLoad, PodLoad
+from packing.report.plot import DETAIL_MAX_SERVERS, plan_figure, plot_plan
+from packing.report.table import plan_table, print_plan_summary, servers_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PRICES = {"inf1.xlarge": 0.228, "g5.xlarge": 1.006, "c5.xlarge": 0.17}

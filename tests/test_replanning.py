@@ -1,4 +1,4 @@
-"""Re-planning with --previous (packing/replan.py) and `packing diff` (packing/diff.py).
+"""Re-planning with --previous (packing/improve/replan.py) and `packing diff` (packing/report/diff.py).
 
 A mixed catalogue (several model shapes, cpu and inf1 profiles) is planned once from scratch;
 each scenario then changes the inputs a little and re-plans from that plan. Stated bounds:
@@ -18,12 +18,12 @@ from typing import Dict, List
 import pytest
 
 from contracts import InstanceCatalogue, ModelCatalogue, Plan, load, parse
-from packing.diff import plan_diff
 from packing.generate import mixed_catalogue
+from packing.improve.replan import NO_CONSOLIDATION, MoveBudget, fit_server, fresh_ids, replan
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.replan import NO_CONSOLIDATION, MoveBudget, fit_server, fresh_ids, replan
-from packing.resources import PackingOptions
+from packing.report.diff import plan_diff
 from tests.plan_checks import PYTHON, ROOT, check_plan, write_yaml
 
 INSTANCES_YAML = ROOT / "config" / "instances.yaml"
@@ -157,8 +157,8 @@ def test_new_servers_never_reuse_a_retired_id(catalogue, base):
 
 def test_fit_server_and_fresh_ids_are_pure_and_simple(catalogue):
     assert fresh_ids({"cpu": 2, "inf1": 1}, {"cpu": 41}) == {"cpu": ["cpu-0042", "cpu-0043"], "inf1": ["inf1-0000"]}
-    from packing.demand import build_demand
-    from packing.resources import node_shapes
+    from packing.model.demand import build_demand
+    from packing.model.resources import node_shapes
 
     models = parse(ModelCatalogue, {"models": catalogue[:20]}, "m").models
     profiles, _ = resolve_profiles(models)

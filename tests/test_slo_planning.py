@@ -1,5 +1,5 @@
 """Planning with latency budgets: catalogues the old yes/no SLO filter refused now plan, every
-server predicts a P90 within its models' strictest SLO (by packing/latency.py, recomputed here),
+server predicts a P90 within its models' strictest SLO (by packing/model/latency.py, recomputed here),
 and the independent ../shared/tools/check_plan.py accepts every plan."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Dict, List
 import pytest
 
 from contracts import InstanceCatalogue, ModelCatalogue, load, parse
-from packing.baselines import first_fit_decreasing_by_price
-from packing.demand import UnplaceableModels, build_demand
-from packing.latency import ServiceTime, Stream, pod_p90_ms
+from packing.improve.replan import replan
+from packing.model.demand import UnplaceableModels, build_demand
+from packing.model.latency import ServiceTime, Stream, pod_p90_ms
+from packing.model.profiles import resolve_profiles
+from packing.model.resources import PackingOptions, node_shapes
 from packing.planner import plan_servers
-from packing.profiles import resolve_profiles
-from packing.replan import replan
-from packing.resources import PackingOptions, node_shapes
+from packing.solve.baselines import first_fit_decreasing_by_price
 from tests.plan_checks import check_plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from typing import List
 
 import numpy as np
 
-from packing.demand import Demand
+from packing.model.demand import Demand
 
 MEMORY_FLOOR_MIB = 1.0
 LOAD_FLOOR = 1e-3  # of the utilisation cap: loads below it share one bucket

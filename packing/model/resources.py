@@ -49,7 +49,7 @@ class NodeShape:
     utilisation_cap: float  # per pod: --max-utilization, or lower where the pod's SLO tier needs it
     device_memory_mib: float  # the physical device (cpu: the slice's share of allocatable memory)
     request_cpu_ms: float = 0.0  # the server's own CPU per request (catalogue server_base)
-    # The SLO tier of this shape's pods (packing/tiers.py): a pod holds only models whose SLO is at
+    # The SLO tier of this shape's pods (packing/model/tiers.py): a pod holds only models whose SLO is at
     # least `slo_ms` and whose service p90 is at most `service_ceiling_ms`; inf: no limit.
     slo_ms: float = math.inf
     service_ceiling_ms: float = math.inf

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 import contracts
-from packing.loads import PodLoad
+from packing.report.loads import PodLoad
 
 DETAIL_MAX_SERVERS = 400  # above this a server's bar is ~2 px wide: its model segments are noise
 TICK_LABEL_MAX_SERVERS = 80  # server ids stay legible as tick labels up to about this many

@@ -1,6 +1,6 @@
 """SLO tiers: the latency budget as a per-pod utilisation cap that column generation can price.
 
-A pod's P90 depends on what it holds (packing/latency.py), which no linear pattern can state.
+A pod's P90 depends on what it holds (packing/model/latency.py), which no linear pattern can state.
 Tiers make it a fixed number per pattern: a pod of tier (sigma, L) on instance type t holds only
 models whose SLO is at least sigma and whose service p90 on t is at most L, and its utilisation
 is capped at the largest value at which *any* such mix predicts a P90 within sigma
@@ -24,8 +24,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from packing.latency import ServiceTime, TierBound, tier_utilisation_cap
-from packing.resources import NodeShape
+from packing.model.latency import ServiceTime, TierBound, tier_utilisation_cap
+from packing.model.resources import NodeShape
 
 MAX_SLO_TIERS = 6  # more distinct SLOs than this are rounded down onto a geometric ladder
 SLO_LADDER_RATIO = 1.25

@@ -1,6 +1,6 @@
 """Column generation for the configuration LP, and the Farley bound that makes it a proof.
 
-The master (a PuLP model in `packing.formulation`; here kept in HiGHS for fast re-solves):
+The master (a PuLP model in `packing.solve.formulation`; here kept in HiGHS for fast re-solves):
 
     minimise    sum_t price_t N_t
     subject to  sum_j a_ij x_j                >= n_i          for every class i          (pi_i)
@@ -14,7 +14,7 @@ pods, host_j the host memory of one pod. Models hot on every shape they may use 
 demand 0: each gets servers of its own, priced apart (`hot_total`). Pricing a shape is a knapsack
 with three constraints (pod memory, utilisation, host memory for models) and values
 pi_i - r rho_t h_i. Most rounds price it by a rounded LP; when that finds no column, HiGHS solves
-it as a MIP (packing/knapsack.py: to a 1e-3 relative gap within 2 s), so "no column prices out"
+it as a MIP (packing/solve/knapsack.py: to a 1e-3 relative gap within 2 s), so "no column prices out"
 means optimal to that gap, not exactly. The bound below never relies on it: it uses the
 knapsack's proven upper bound.
 
@@ -37,9 +37,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import highspy
 import numpy as np
 
-from packing.classes import Classes
-from packing.knapsack import Knapsack, new_highs
-from packing.resources import TOLERANCE, NodeShape, node_groups, pod_caps
+from packing.model.classes import Classes
+from packing.model.resources import TOLERANCE, NodeShape, node_groups, pod_caps
+from packing.solve.knapsack import Knapsack, new_highs
 
 INF = highspy.kHighsInf
 EPS = 1e-7

@@ -13,11 +13,11 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from packing.classes import Classes
-from packing.colgen import Pattern
-from packing.demand import Demand
-from packing.nodes import NodePool
-from packing.resources import NodeShape, node_groups
+from packing.model.classes import Classes
+from packing.model.demand import Demand
+from packing.model.resources import NodeShape, node_groups
+from packing.place.nodes import NodePool
+from packing.solve.colgen import Pattern
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A plan's servers were packed from class patterns priced at each class's largest member, so the
 real members leave room in most pods. Two users of that room:
 
-- a re-plan (`packing.replan`) puts new and displaced models into carried servers' room first;
+- a re-plan (`packing.improve.replan`) puts new and displaced models into carried servers' room first;
 - `tighten` empties a fresh plan's emptiest servers into the others' room: rounding the
   configuration LP leaves a tail of part-filled servers, and on single-device nodes each one
   emptied is a node saved.
@@ -20,10 +20,10 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from packing.assemble import BuiltServer
-from packing.demand import Demand
-from packing.nodes import NodePool
-from packing.resources import PackingOptions, node_host_cap, nodes_price, pod_caps
+from packing.model.demand import Demand
+from packing.model.resources import PackingOptions, node_host_cap, nodes_price, pod_caps
+from packing.place.assemble import BuiltServer
+from packing.place.nodes import NodePool
 
 
 @dataclass

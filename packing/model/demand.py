@@ -5,7 +5,7 @@ Per model m and shape t (processor p):
   host     h[m,t] = host memory the model adds to its pod's process
   load     u[m,t] = rps x latency_ms / 1000 / cores_per_device   (a single pod's utilisation)
   eligible: a profile for p exists, d fits the pod's memory cap, one pod's host memory fits the
-            node, and the shape's SLO tier admits it (packing/tiers.py: its SLO at least the
+            node, and the shape's SLO tier admits it (packing/model/tiers.py: its SLO at least the
             tier's, its service p90 within the tier's ceiling).
 Each shape t is one instance type at one SLO tier, with its own utilisation cap (at most
 --max-utilization). A model whose load on t exceeds min_replicas x that cap is *hot* there: it
@@ -19,8 +19,8 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from contracts import ModelSpec, Profile
-from packing.resources import TOLERANCE, NodeShape, PackingOptions, pod_caps
-from packing.tiers import admitted, slo_levels, tiered_shapes
+from packing.model.resources import TOLERANCE, NodeShape, PackingOptions, pod_caps
+from packing.model.tiers import admitted, slo_levels, tiered_shapes
 
 
 class UnplaceableModels(ValueError):
@@ -81,7 +81,7 @@ def build_demand(
     shapes: Sequence[NodeShape],
     opts: PackingOptions,
 ) -> Demand:
-    """The demand over `shapes`, each split into the SLO tiers its models need (packing/tiers.py):
+    """The demand over `shapes`, each split into the SLO tiers its models need (packing/model/tiers.py):
     `Demand.shapes` is then the tiered list, each with its own utilisation cap."""
     n = len(models)
     rps = np.array([m.rps for m in models], float)

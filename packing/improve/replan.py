@@ -13,7 +13,7 @@
    within `max_moves`.
 
 Kept servers keep their ids; new ones get numbers never used before. The bound is the fresh
-fluid bound (valid for every plan of these inputs). Moves and restarts come from `packing.diff`.
+fluid bound (valid for every plan of these inputs). Moves and restarts come from `packing.report.diff`.
 """
 from __future__ import annotations
 
@@ -28,18 +28,18 @@ import numpy as np
 
 from contracts import InstanceCatalogue, ModelSpec, Plan, PreviousPlan, Profile
 from packing import budget as shares
-from packing.assemble import BuiltServer, Solved
 from packing.budget import TimeBudget
-from packing.classes import build_classes
-from packing.demand import Demand, build_demand
-from packing.diff import plan_diff
-from packing.dominance import undominated
-from packing.fleet import Fleet
-from packing.formulation import fluid_relaxation
-from packing.knapsack import quiet_banner
-from packing.nodes import NodePool
+from packing.model.classes import build_classes
+from packing.model.demand import Demand, build_demand
+from packing.model.dominance import undominated
+from packing.model.resources import TOLERANCE, PackingOptions, node_shapes, pod_caps
+from packing.place.assemble import BuiltServer, Solved
+from packing.place.fleet import Fleet
+from packing.place.nodes import NodePool
 from packing.planner import CLASS_RESOLUTION, EXACT_CLASSES_UP_TO, LOAD_RESOLUTION, PlanResult, pack, write_plan
-from packing.resources import TOLERANCE, PackingOptions, node_shapes, pod_caps
+from packing.report.diff import plan_diff
+from packing.solve.formulation import fluid_relaxation
+from packing.solve.knapsack import quiet_banner
 
 SERVER_ID = re.compile(r"^([a-z0-9]+)-(\d+)$")
 CONSOLIDATION_TRIALS = 6  # candidate sets of emptiest nodes tried: 1, 2, 4, ... nodes

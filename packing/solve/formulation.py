@@ -18,9 +18,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pulp
 
-from packing.classes import Classes
-from packing.colgen import BIG_POD_SPLITS, Pattern
-from packing.resources import NodeShape, node_groups, nodes_price
+from packing.model.classes import Classes
+from packing.model.resources import NodeShape, node_groups, nodes_price
+from packing.solve.colgen import BIG_POD_SPLITS, Pattern
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Set, Tuple
 
-from packing.resources import NodeShape, node_groups, node_host_cap
+from packing.model.resources import NodeShape, node_groups, node_host_cap
 
 
 @dataclass

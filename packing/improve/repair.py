@@ -8,11 +8,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from packing.assemble import BuiltServer, Solved, place_on_nodes
-from packing.baselines import BaselineResult
-from packing.demand import Demand
-from packing.fleet import Fleet, tighten
-from packing.resources import NodeShape, PackingOptions, node_groups, nodes_price, pod_caps
+from packing.model.demand import Demand
+from packing.model.resources import NodeShape, PackingOptions, node_groups, nodes_price, pod_caps
+from packing.place.assemble import BuiltServer, Solved, place_on_nodes
+from packing.place.fleet import Fleet, tighten
+from packing.solve.baselines import BaselineResult
 
 
 def _half_empty_nodes(solved: Solved, shapes: Sequence[NodeShape]) -> Tuple[set, List[int]]:

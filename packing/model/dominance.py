@@ -5,8 +5,8 @@ from typing import List, Sequence
 
 import numpy as np
 
-from packing.demand import Demand
-from packing.resources import NodeShape
+from packing.model.demand import Demand
+from packing.model.resources import NodeShape
 
 
 def _kind(s: NodeShape) -> tuple:

@@ -14,7 +14,7 @@
 - `reference_fixed_packing`: the reference design's fixed packing, `per_device` models per chip
   on inf1.6xlarge: ceil(models / (per_device x chips)) nodes.
 
-The capacity rules are the planner's own (`packing.resources.pod_caps`): model
+The capacity rules are the planner's own (`packing.model.resources.pod_caps`): model
 memory per pod, utilisation per pod, host memory per pod (server base + the models' host memory)
 and per node, all with a relative tolerance of 1e-9.
 """
@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from packing.demand import Demand
-from packing.resources import NodeShape, PackingOptions, node_host_cap, nodes_price, pod_caps, pod_fits
+from packing.model.demand import Demand
+from packing.model.resources import NodeShape, PackingOptions, node_host_cap, nodes_price, pod_caps, pod_fits
 
 NEG = -math.inf
 
