@@ -1,4 +1,4 @@
-"""Rounding at checkpoints of the column generation (packing/planner.py, ROUNDING_CHECKPOINTS): the
+"""Rounding at checkpoints of the column generation (packing/solve/solver.py, ROUNDING_CHECKPOINTS): the
 solver keeps the cheapest placed rounding, so the checkpoints can never leave it dearer than the
 rounding at the end of the generation. Off by default (its A/B is beside the constant); this keeps
 the path it takes working."""
@@ -9,12 +9,12 @@ import time
 import pytest
 
 from contracts import InstanceCatalogue, ModelCatalogue, load, parse
-from packing import planner
 from packing.generate import mixed_catalogue
 from packing.model.demand import build_demand
 from packing.model.dominance import undominated
 from packing.model.profiles import resolve_profiles
 from packing.model.resources import PackingOptions, node_shapes, nodes_price
+from packing.solve import solver
 from tests.plan_checks import ROOT
 
 MODELS = 400  # past the integer master's size, so the rounding alone decides the solver's plan
@@ -31,17 +31,17 @@ def test_the_solver_keeps_the_cheapest_rounding_and_never_a_dearer_one(monkeypat
     shapes = dem.shapes
 
     placed = []
-    real = planner.place_rounding
+    real = solver.place_rounding
 
     def recording(*args, **kwargs):
         r = real(*args, **kwargs)
-        placed.append(r.placed)
+        placed.append(r.placed.price)
         return r
 
-    monkeypatch.setattr(planner, "ROUNDING_CHECKPOINTS", (0.25, 0.5))
-    monkeypatch.setattr(planner, "place_rounding", recording)
+    monkeypatch.setattr(solver, "ROUNDING_CHECKPOINTS", (0.25, 0.5))
+    monkeypatch.setattr(solver, "place_rounding", recording)
     start = time.perf_counter()
-    solved = planner.solve(dem, shapes, opts, start + TIME_LIMIT, lambda _msg: None)
+    solved = solver.solve(dem, shapes, opts, start + TIME_LIMIT, lambda _msg: None)
     assert time.perf_counter() - start <= TIME_LIMIT + 1.0
     assert len(placed) >= 2, "no checkpoint rounding ran: the property below would hold trivially"
     end_rounding = placed[-1]  # the rounding after the generation is placed last

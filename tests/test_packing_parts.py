@@ -216,7 +216,7 @@ def test_the_shares_end_the_stages_in_order():
 
 @pytest.mark.parametrize("limit", [0.5, 10.0, 300.0])
 def test_every_stage_ends_inside_the_limit_as_the_planner_nests_them(limit):
-    """The planner's whole budget, and the solver's own one from the same start (packing/planner.py):
+    """The planner's whole budget, and the solver's own one from the same start (packing/planner.py, packing/solve/solver.py):
     column generation, rounding and re-homing end before the solver, which ends before the re-plan of
     part-empty nodes, which ends before the limit."""
     start = 1000.0

@@ -13,8 +13,8 @@ from packing.model.classes import build_classes
 from packing.model.demand import build_demand
 from packing.model.profiles import resolve_profiles
 from packing.model.resources import PackingOptions, node_shapes
-from packing.solve.colgen import ColumnGeneration
-from packing.solve.formulation import fluid_relaxation, whole_node_bound
+from packing.solve.bound import fluid_relaxation, whole_node_bound
+from packing.solve.columngen import ColumnGeneration
 from tests.bruteforce import BruteForce
 from tests.tiny_cases import tiny_cases
 

@@ -25,9 +25,11 @@ from packing.model.classes import build_classes
 from packing.model.demand import UnplaceableModels, build_demand
 from packing.model.profiles import resolve_profiles
 from packing.model.resources import PackingOptions, node_shapes, nodes_price
-from packing.planner import CLASS_RESOLUTION, LOAD_RESOLUTION, plan_servers
-from packing.solve.colgen import BIG_POD_SPLITS, ColumnGeneration
-from packing.solve.formulation import fewest_nodes, integer_master
+from packing.planner import plan_servers
+from packing.solve.columngen import ColumnGeneration
+from packing.solve.master import BIG_POD_SPLITS, fewest_nodes, integer_master
+from packing.solve.rounding import iterated_rounding
+from packing.solve.solver import CLASS_RESOLUTION, LOAD_RESOLUTION
 from tests.bruteforce import BruteForce, packing_cost, violations
 from tests.exact_fill import (
     EXACT_CAP_GIB,
@@ -344,7 +346,7 @@ def test_the_gap_splits_into_rounding_and_bound(n):
 
 
 def test_a_started_integer_master_is_never_dearer_than_its_start():
-    """The integer master started from iterated rounding (planner.RESTRICTED_INTEGER_MASTER) keeps
+    """The integer master started from iterated rounding (packing.solve.solver.RESTRICTED_INTEGER_MASTER) keeps
     that plan as its incumbent, with the fewest nodes the master's rows allow for it."""
     require_instances_yaml()
     catalogue = parse(InstanceCatalogue, yaml.safe_load(INSTANCES_YAML.read_text()), "instances.yaml")
@@ -355,7 +357,7 @@ def test_a_started_integer_master_is_never_dearer_than_its_start():
     cls = build_classes(dem, opts.max_utilization, CLASS_RESOLUTION, LOAD_RESOLUTION)
     cg = ColumnGeneration(cls, dem.shapes, opts.min_replicas)
     cg.run(time.perf_counter() + 2.0)
-    rounded = cg.integer_solution(time.perf_counter() + 1.0)
+    rounded = iterated_rounding(cg, time.perf_counter() + 1.0)
     shapes = dem.shapes
     need = fewest_nodes(cg.patterns, rounded, shapes)
     for t, n in need.items():  # one node fewer of any shape breaks one of its rows

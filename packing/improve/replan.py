@@ -36,10 +36,12 @@ from packing.model.resources import TOLERANCE, PackingOptions, node_shapes, pod_
 from packing.place.assemble import BuiltServer, Solved
 from packing.place.fleet import Fleet
 from packing.place.nodes import NodePool
-from packing.planner import CLASS_RESOLUTION, EXACT_CLASSES_UP_TO, LOAD_RESOLUTION, PlanResult, pack, write_plan
+from packing.planner import pack
 from packing.report.diff import plan_diff
-from packing.solve.formulation import fluid_relaxation
+from packing.report.plan_file import PlanResult, write_plan
+from packing.solve.bound import fluid_relaxation
 from packing.solve.knapsack import quiet_banner
+from packing.solve.solver import CLASS_RESOLUTION, EXACT_CLASSES_UP_TO, LOAD_RESOLUTION
 
 SERVER_ID = re.compile(r"^([a-z0-9]+)-(\d+)$")
 CONSOLIDATION_TRIALS = 6  # candidate sets of emptiest nodes tried: 1, 2, 4, ... nodes

@@ -17,7 +17,7 @@ from packing.model.classes import Classes
 from packing.model.demand import Demand
 from packing.model.resources import NodeShape, node_groups
 from packing.place.nodes import NodePool
-from packing.solve.colgen import Pattern
+from packing.solve.columns import Pattern
 
 
 @dataclass
