@@ -25,6 +25,17 @@ COARSE_LOAD = 3.0
 TOL = 1e-6
 
 
+def one_inf1_type(price: float, devices: int, vcpu: int, memory_gib: int, max_pods: int) -> InstanceCatalogue:
+    """A catalogue of one inf1 type with 1 GiB chips of one core, no overheads."""
+    return parse(InstanceCatalogue, {
+        "cpu_slice_vcpu": 2, "server_base": {"cpu_m": 100, "memory_mib": 200},
+        "daemonset_overhead": {"cpu_m": 0, "memory_mib": 0}, "platform": {},
+        "instances": [{"name": f"inf1.t{devices}", "processor": "inf1", "price_per_hour": price, "vcpu": vcpu,
+                       "memory_gib": memory_gib, "devices": devices, "device_memory_gib": 1, "cores_per_device": 1,
+                       "max_pods": max_pods}],
+    }, "instances.yaml")
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(case=tiny_cases())
 def test_bounds_over_coarse_classes_never_exceed_the_optimum(case):
@@ -57,12 +68,7 @@ def test_a_class_of_unlike_models_is_bounded_by_its_smallest():
     """Two models of 560 and 380 MiB share one 942 MiB chip; coarse classes put them in one class
     whose largest member fills a chip alone. The optimum is one node: a bound priced with the
     class maxima would claim two."""
-    catalogue = parse(InstanceCatalogue, {
-        "cpu_slice_vcpu": 2, "server_base": {"cpu_m": 100, "memory_mib": 200},
-        "daemonset_overhead": {"cpu_m": 0, "memory_mib": 0}, "platform": {},
-        "instances": [{"name": "inf1.t0", "processor": "inf1", "price_per_hour": 1.0, "vcpu": 4, "memory_gib": 8,
-                       "devices": 1, "device_memory_gib": 1, "cores_per_device": 1, "max_pods": 10}],
-    }, "instances.yaml")
+    catalogue = one_inf1_type(price=1.0, devices=1, vcpu=4, memory_gib=8, max_pods=10)
     models = parse(ModelCatalogue, {"models": [
         {"id": "big", "rps": 1.0, "profiles": {"inf1": {"device_memory_mib": 560, "host_memory_mib": 100, "latency_ms": 10}}},
         {"id": "small", "rps": 1.0, "profiles": {"inf1": {"device_memory_mib": 380, "host_memory_mib": 100, "latency_ms": 10}}},
@@ -85,12 +91,7 @@ def test_a_class_of_unlike_models_is_bounded_by_its_smallest():
 def test_whole_nodes_bound_what_a_share_of_a_node_cannot():
     """One small model on a four-chip node: the fluid relaxation buys a quarter of the node, the
     plan must buy all of it, and so must the bound with whole nodes."""
-    catalogue = parse(InstanceCatalogue, {
-        "cpu_slice_vcpu": 2, "server_base": {"cpu_m": 100, "memory_mib": 200},
-        "daemonset_overhead": {"cpu_m": 0, "memory_mib": 0}, "platform": {},
-        "instances": [{"name": "inf1.t4", "processor": "inf1", "price_per_hour": 2.0, "vcpu": 16, "memory_gib": 32,
-                       "devices": 4, "device_memory_gib": 1, "cores_per_device": 1, "max_pods": 20}],
-    }, "instances.yaml")
+    catalogue = one_inf1_type(price=2.0, devices=4, vcpu=16, memory_gib=32, max_pods=20)
     models = parse(ModelCatalogue, {"models": [
         {"id": "lone", "rps": 1.0, "profiles": {"inf1": {"device_memory_mib": 300, "host_memory_mib": 100, "latency_ms": 10}}},
     ]}, "models.yaml").models
