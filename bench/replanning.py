@@ -27,10 +27,10 @@ import yaml
 
 from contracts import InstanceCatalogue, ModelCatalogue, Plan, load, parse
 from packing.generate import mixed_catalogue
-from packing.improve.replan import MoveBudget, replan
 from packing.model.profiles import resolve_profiles
 from packing.model.resources import PackingOptions
 from packing.planner import plan_servers
+from packing.replanner import MoveBudget, replan
 from packing.report.diff import plan_diff
 
 ROOT = Path(__file__).resolve().parents[1]

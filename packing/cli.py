@@ -119,7 +119,7 @@ def run_plan(args: argparse.Namespace) -> int:
             time_limit_s=args.time_limit,
         )
         if args.previous:
-            from packing.improve.replan import MoveBudget, replan
+            from packing.replanner import MoveBudget, replan
 
             previous = load(Plan, args.previous)
             result = replan(previous, file_sha256(args.previous), models, profiles, sources, catalogue, opts,

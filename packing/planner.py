@@ -41,7 +41,7 @@ def demand_model(models: Sequence[ModelSpec], profiles: Mapping[str, Mapping[str
 def pack(dem: Demand, shapes: Sequence[NodeShape], opts: PackingOptions, start: float, deadline: float,
          say: Callable[[str], None]) -> Solved:
     """Solve, then improve, the plan never dearer than first-fit decreasing; `dem` over undominated
-    `shapes`. Also packs a re-plan's new and displaced models (packing/improve/replan.py)."""
+    `shapes`. Also packs a re-plan's new and displaced models (packing/replanner.py)."""
     budget = TimeBudget(start, deadline - start)
     solved = solve(dem, shapes, opts, budget.at(shares.SOLVE), say)
     solved = improve(solved, dem, shapes, opts, budget.at(shares.IMPROVE), say, solve)

@@ -1,4 +1,4 @@
-"""Re-planning with --previous (packing/improve/replan.py) and `packing diff` (packing/report/diff.py).
+"""Re-planning with --previous (packing/replanner.py) and `packing diff` (packing/report/diff.py).
 
 A mixed catalogue (several model shapes, cpu and inf1 profiles) is planned once from scratch;
 each scenario then changes the inputs a little and re-plans from that plan. Stated bounds:
@@ -19,10 +19,10 @@ import pytest
 
 from contracts import InstanceCatalogue, ModelCatalogue, Plan, load, parse
 from packing.generate import mixed_catalogue
-from packing.improve.replan import NO_CONSOLIDATION, MoveBudget, fit_server, fresh_ids, replan
 from packing.model.profiles import resolve_profiles
 from packing.model.resources import PackingOptions
 from packing.planner import plan_servers
+from packing.replanner import NO_CONSOLIDATION, MoveBudget, fit_server, fresh_ids, replan
 from packing.report.diff import plan_diff
 from tests.plan_checks import PYTHON, ROOT, check_plan, write_yaml
 

@@ -11,12 +11,12 @@ from typing import Dict, List
 import pytest
 
 from contracts import InstanceCatalogue, ModelCatalogue, load, parse
-from packing.improve.replan import replan
 from packing.model.demand import UnplaceableModels, build_demand
 from packing.model.latency import ServiceTime, Stream, pod_p90_ms
 from packing.model.profiles import resolve_profiles
 from packing.model.resources import PackingOptions, node_shapes
 from packing.planner import plan_servers
+from packing.replanner import replan
 from packing.solve.baselines import first_fit_decreasing_by_price
 from tests.plan_checks import check_plan
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -17,7 +17,15 @@ from packing.model.classes import Classes
 from packing.model.demand import Demand
 from packing.model.resources import NodeShape, node_groups
 from packing.place.nodes import NodePool
-from packing.solve.columns import Pattern
+
+
+class ServerTemplate(Protocol):
+    """What filling needs of a server the solve chose (its patterns, packing/solve/columns.py):
+    `counts[k] = (class, models of it in each pod)`."""
+
+    shape: int
+    counts: Tuple[Tuple[int, int], ...]
+    replicas: int
 
 
 @dataclass
@@ -40,7 +48,7 @@ class Solved:
     info: Dict[str, object]
 
 
-def fill_servers(chosen: Dict[int, int], patterns: Sequence[Pattern], cls: Classes, dem: Demand) -> List[BuiltServer]:
+def fill_servers(chosen: Dict[int, int], patterns: Sequence[ServerTemplate], cls: Classes, dem: Demand) -> List[BuiltServer]:
     pools = [list(m) for m in cls.members]
     cursor = [0] * len(pools)
     built: List[BuiltServer] = []

@@ -3,7 +3,7 @@
 A plan's servers were packed from class patterns priced at each class's largest member, so the
 real members leave room in most pods. Two users of that room:
 
-- a re-plan (`packing.improve.replan`) puts new and displaced models into carried servers' room first;
+- a re-plan (`packing.replanner`) puts new and displaced models into carried servers' room first;
 - `tighten` empties a fresh plan's emptiest servers into the others' room: rounding the
   configuration LP leaves a tail of part-filled servers, and on single-device nodes each one
   emptied is a node saved.
