@@ -94,13 +94,18 @@ class Knapsack:
     def __init__(self, weight: np.ndarray, load: np.ndarray, host: np.ndarray, ub: np.ndarray,
                  caps: Tuple[float, float, float], time_limit: float = 2.0):
         self.w, self.l, self.g = (np.asarray(x, float) for x in (weight, load, host))
-        self.ub = np.asarray(ub, float)
+        self.full_ub = np.asarray(ub, float)
+        self.ub = self.full_ub
         self.caps = caps
         self.n = len(self.ub)
         self.idx = np.arange(self.n, dtype=np.int32)
         self._mip = self._model(integer=True, time_limit=time_limit)
         self._lp = self._model(integer=False, time_limit=time_limit)
         self.grid = max(caps[0] / DP_CELLS, 1e-9)
+
+    def cap_counts(self, most: np.ndarray) -> None:
+        """From now on take at most `most[i]` of item i, and never more than the counts it was made with."""
+        self.ub = np.minimum(self.full_ub, most)
 
     def _model(self, integer: bool, time_limit: float) -> highspy.Highs:
         h = new_highs()

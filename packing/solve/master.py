@@ -123,12 +123,19 @@ class ConfigurationLP:
         for i, r in enumerate(np.maximum(replicas, min_replicas)):
             self._add_column(worst * float(r), [(self.rows.cover(i), 1.0)])
         self.first_pattern = len(self.shapes) + len(demand)
+        self._containing: List[List[Tuple[int, int]]] = [[] for _ in demand]  # class -> (pattern, a)
+        self._cut: Dict[Tuple[int, int], int] = {}  # (class, pattern) -> coefficient, where `restrict` cut it
+        self._restricted_to = np.asarray(demand).copy()
+        self._patterns = 0
 
     def _add_column(self, cost: float, entries: Entries) -> None:
         rows, vals = zip(*entries)
         self.h.addCol(cost, 0.0, INF, len(rows), np.array(rows, np.int32), np.array(vals, float))
 
     def add_pattern(self, p: Pattern) -> None:
+        for i, a in p.counts:
+            self._containing[i].append((self._patterns, a))
+        self._patterns += 1
         self._add_column(0.0, pattern_entries(self.rows, self.shapes, p))
 
     def solve(self) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
@@ -145,10 +152,26 @@ class ConfigurationLP:
         """x_j of the last solve, one per pattern in the order they were added."""
         return np.asarray(self.h.getSolution().col_value)[self.first_pattern:]
 
-    def set_demand(self, demand: np.ndarray) -> None:
-        """Cover rows at `demand` (a restricted LP for what rounding left); `set_demand(self.demand)` restores."""
+    def restrict(self, left: np.ndarray, cut_columns: bool = True) -> None:
+        """The master over the models `left` (a rounding's restricted LP): cover rows at `left`,
+        and with `cut_columns` each column's coefficient in row i at most left_i, so the LP cannot
+        cover a class's last few models with a sliver of a server that holds many. Rows of classes
+        with none left keep their coefficients (they ask for nothing), so `restrict(self.demand)`
+        restores the master as it was; only rows whose `left` changed are touched."""
         c = self.rows.classes
-        self.h.changeRowsBounds(c, np.arange(c, dtype=np.int32), demand.astype(float), np.full(c, INF))
+        self.h.changeRowsBounds(c, np.arange(c, dtype=np.int32), left.astype(float), np.full(c, INF))
+        if not cut_columns:
+            return
+        for i in np.flatnonzero((left != self._restricted_to) & (left > 0)).tolist():
+            for j, a in self._containing[i]:
+                want = min(a, int(left[i]))
+                if self._cut.get((i, j), a) != want:
+                    self.h.changeCoeff(self.rows.cover(i), self.first_pattern + j, float(want))
+                    if want == a:
+                        del self._cut[(i, j)]
+                    else:
+                        self._cut[(i, j)] = want
+        self._restricted_to = left.copy()
 
 
 @dataclass

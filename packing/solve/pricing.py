@@ -96,6 +96,15 @@ class Pricing:
     def __getitem__(self, t: int) -> ShapePricer:
         return self.pricers[t]
 
+    def cap(self, most: np.ndarray) -> None:
+        """Price pods of at most `most[i]` models of class i (none: no cap), as a rounding's
+        restricted LPs need; `cap(counts)` restores. Only the column (`hi`) knapsacks: the
+        bound's (`lo`) keep every model."""
+        for pr in self.pricers:
+            if pr.items.size:
+                m = most[pr.items]
+                pr.knapsack("hi").cap_counts(np.where(m > 0, m, INF))
+
     def offers(self, pi: np.ndarray, rho: np.ndarray, exact: bool) -> Iterator[Tuple[int, np.ndarray]]:
         """(shape, counts over its pricer's items) of every column worth offering at duals pi and
         rho (the host-memory price per shape); `exact`: the knapsack MIP, not its rounded LP."""

@@ -8,20 +8,40 @@ from typing import Dict
 import numpy as np
 
 from packing.solve.columngen import ColumnGeneration
+from packing.solve.columns import Pattern
 
-ROUND_UP_FROM = 0.35  # a column at 0.65 or more counts as a whole server
+ROUND_UP_FROM = 0.35  # a column at 0.65 or more is a whole-server candidate
 # A rounding pass in which fewer than this share of the LP support rounds up by itself also fixes
 # the largest columns up to that share, and always at least the largest one (a dive). 0, which
 # rounded best here, means: only when no column rounds up by itself, and then just the largest.
 DIVE_FRACTION = 0.0
 ROUNDS_PER_PASS = 4  # pricing rounds on each restricted LP
+# A pass fixes its candidates one at a time, largest x first, each only while at least this share
+# of its models is still needed (after the servers fixed before it): a server's models past the
+# demand are wasted. Those skipped come back in the next pass's LP, over what is then left. 0: fix
+# every candidate (with RESIDUAL_COEFFICIENTS on, 0 and 0.9 rounded alike on the mixed 3,040 catalogue).
+USEFUL_FRACTION = 0.9
+# The restricted LPs see only what is left: a column's coefficient in class i's row is at most the
+# models of i left, and pricing puts no more than those in a pod. Off, the LP covers the last few
+# models of a class with a sliver (x 0.1-0.2) of a column holding many of them, and the dive rounds
+# that up to a server whose models are 12-25% needed. A/B on the mixed 3,040 catalogue (seed 7, 2
+# shared cores, 2026-12-04, 3 runs a setting at 15 s, 2-3 at 60 s, interleaved; on / off with
+# USEFUL_FRACTION): the rounding's pods $27.9-28.2/h at 60 s against $32.1-33.6/h; median plans
+# $28.73 / $29.41/h at 15 s, $30.58 / $30.84/h with 50/100/250 ms budgets; at 60 s $30.75 / $31.21/h
+# with budgets and $30.63 / $29.94/h without, where emptying part-filled servers won back most of
+# what the old rounding over-covered and re-homing the few inf2 pods decided the rest. Its
+# re-solves are slower (the basis no longer fits the cut LP), so at 15 s the greedy cover takes
+# more of the models.
+RESIDUAL_COEFFICIENTS = True
 
 
 def iterated_rounding(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
-    """Keep every pattern's whole servers, re-solve the LP (with a few pricing rounds) for the
-    models left, and repeat; when the LP has no whole server, round up its largest column. What
-    the deadline leaves is covered greedily. Starts from the LP as `cg` last read it; restores
-    the master's demand rows after. Returns servers per pattern index."""
+    """Round up every column at 1 - ROUND_UP_FROM or more and fix those servers one at a time,
+    largest first, skipping any whose models are mostly covered already (`fix_servers`); re-solve
+    the LP (with a few pricing rounds) for the models left, over columns and pods cut down to
+    them (`restrict`), and repeat; when the LP has no whole server, round up its largest column
+    (a dive). What the deadline leaves is covered greedily. Starts from the LP as `cg` last read
+    it; restores the master and pricing after. Returns servers per pattern index."""
     # A class of models hot everywhere holds alike hot models (same replicas): each member
     # gets a server of its own.
     chosen: Dict[int, int] = {}
@@ -39,25 +59,71 @@ def iterated_rounding(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
         if int((whole > 0).sum()) < want:
             for j in support[np.argsort(-x[support], kind="stable")][:want]:
                 whole[j] = max(whole[j], 1)
-        for j in np.flatnonzero(whole):
-            chosen[int(j)] = chosen.get(int(j), 0) + int(whole[j])
-            for i, a in cg.patterns[j].counts:
-                left[i] -= int(whole[j]) * a
-        left = np.maximum(left, 0)
+        fixed = fix_servers(cg, x, whole, left)
+        if not fixed:
+            break  # no candidate holds a model left: the greedy cover takes the rest
+        for j, n in fixed.items():
+            chosen[j] = chosen.get(j, 0) + n
         if left.sum() == 0:
             break
-        cg.master.set_demand(left)
+        restrict(cg, left)
         cg.iterate(deadline, max_rounds=ROUNDS_PER_PASS)
         cg.read_lp()
     for j, n in greedy_cover(cg, left).items():
         chosen[j] = chosen.get(j, 0) + n
-    cg.master.set_demand(cg.demand)
+    restrict(cg, cg.demand)
     return chosen
 
 
+def restrict(cg: ColumnGeneration, left: np.ndarray) -> None:
+    """The master and the pricing over the models `left`; `restrict(cg, cg.demand)` restores them."""
+    cg.master.restrict(left, cut_columns=RESIDUAL_COEFFICIENTS)
+    if RESIDUAL_COEFFICIENTS:
+        cg.pricing.cap(left)
+
+
+def fix_servers(cg: ColumnGeneration, x: np.ndarray, whole: np.ndarray, left: np.ndarray) -> Dict[int, int]:
+    """The servers a pass fixes (pattern -> count) of the `whole` servers it rounds to, one at a
+    time in decreasing x, each while USEFUL_FRACTION of its models are in `left` (taken off it as
+    they are fixed), and cut down to those; when that fixes none, the most useful one, so a pass
+    fixes a server unless none of them holds a model left."""
+    fixed: Dict[int, int] = {}
+    candidates = sorted((int(j) for j in np.flatnonzero(whole)), key=lambda j: -x[j])
+    for j in candidates:
+        for _ in range(int(whole[j])):
+            share = useful_share(cg, j, left)
+            if share == 0 or share < USEFUL_FRACTION - 1e-9:
+                break
+            take(cg, j, left, fixed)
+    if not fixed and candidates:
+        j = max(candidates, key=lambda j: useful_share(cg, j, left))
+        if useful_share(cg, j, left) > 0:
+            take(cg, j, left, fixed)
+    return fixed
+
+
+def useful_share(cg: ColumnGeneration, j: int, left: np.ndarray) -> float:
+    """The share of server j's models that `left` still needs."""
+    counts = cg.patterns[j].counts
+    return sum(min(a, int(left[i])) for i, a in counts) / sum(a for _, a in counts)
+
+
+def take(cg: ColumnGeneration, j: int, left: np.ndarray, fixed: Dict[int, int]) -> None:
+    """One server of pattern j, without its models that `left` does not need (so re-homing may
+    move it to a smaller size): counted in `fixed`, its models taken off `left`."""
+    p = cg.patterns[j]
+    kept = tuple((i, min(a, int(left[i]))) for i, a in p.counts if left[i] > 0)
+    if kept != p.counts:
+        cut = sum(float(cg.cls.h_hi[i, p.shape]) * a for i, a in p.counts) - sum(float(cg.cls.h_hi[i, p.shape]) * a for i, a in kept)
+        j = cg.index_of(Pattern(p.shape, kept, p.replicas, p.host_per_pod - cut))
+    fixed[j] = fixed.get(j, 0) + 1
+    for i, a in cg.patterns[j].counts:
+        left[i] -= a
+
+
 def round_now(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
-    """Iterated rounding of the LP as it stands, part-way through column generation. The master's
-    demand rows are restored after, so the loop goes on over the same LP, with the columns the
+    """Iterated rounding of the LP as it stands, part-way through column generation. The master
+    and pricing are restored after, so the loop goes on over the same LP, with the columns the
     rounding priced added (valid columns, though they slow its re-solves: packing/solve/solver.py,
     ROUNDING_CHECKPOINTS); its values and duals are read again before they are used."""
     cg.read_lp()
