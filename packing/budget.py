@@ -1,10 +1,11 @@
 """The solve's time budget: one object that says when each stage must end.
 
 A plan gets `--time-limit` seconds in all, counted from before the demand model is built. The
-stages end at fixed shares of it: the solver (column generation, rounding and the choice of
-instance sizes, each at a share of the solver's own budget, which runs from when the solver
-starts to its end and is at least a second), then the re-plan of part-empty nodes, then emptying
-part-filled servers, which has the rest. The re-planner splits its budget between packing new
+stages end at fixed shares of it: the solver, then the re-plan of part-empty nodes, then emptying
+part-filled servers, which has the rest. The solver's own budget runs from when it starts to its
+end (at least a second): column generation ends at a share of it, and each rounding after it
+gets a share to round and another to choose instance sizes and place, for as many roundings as
+fit before the solver's end (the first always runs). The re-planner splits its budget between packing new
 and displaced models and consolidation the same way. The shares say when a stage should stop, not
 how long it runs: a stage that overruns (one HiGHS solve past its limit) leaves the later ones
 less, and a stage that finds its end already past either skips (the re-plan of part-empty nodes)
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 SOLVE = 0.9  # the solver ends here; the re-plan of part-empty nodes runs to IMPROVE
 IMPROVE = 0.95
 # Of the solver's own budget.
-COLUMN_GENERATION = 0.7
-ROUNDING = 0.88
-REHOME = 0.92
+COLUMN_GENERATION = 0.55  # when column generation ends
+ROUNDING_EACH = 0.18  # how long each rounding may take
+PLACING_EACH = 0.05  # and then choosing its instance sizes, placing and scoring it
 # Of a re-plan's budget: packing what must move, with or without consolidation after it.
 REPLAN_PACK = 0.9
 REPLAN_PACK_THEN_CONSOLIDATE = 0.6

@@ -135,37 +135,28 @@ class ColumnGeneration:
 
     def run(self, deadline: float, target_gap: float = 0.002,
             progress: Optional[Callable[[int, float, float], None]] = None,
-            warm: Optional[Tuple[np.ndarray, np.ndarray]] = None, checkpoints: Sequence[float] = (),
-            at_checkpoint: Optional[Callable[[], None]] = None) -> ColGenResult:
+            warm: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ColGenResult:
         """Price at the master's duals until no column prices out (the LP is then optimal to the
         knapsack MIP's 1e-3 gap: `converged`), the LP is within `target_gap` of the best proven
         bound, or the deadline passes (checked after each round that added columns). Pricing is
         the rounded LP relaxation of each knapsack; the knapsack MIP runs only when that finds
-        nothing. `warm` duals (the fluid relaxation's) give the first bound. `at_checkpoint` is
-        called after the first round that ends past each of the moments `checkpoints`
-        (time.perf_counter(), each moved later by the time earlier calls took); it may round
-        (packing/solve/rounding.py `round_now`), whose time comes out of the loop's: the deadline
-        does not move."""
+        nothing. `warm` duals (the fluid relaxation's) give the first bound."""
         start = time.perf_counter()
         self.seed_columns()
         self.bound = 0.0
         if warm is not None:
             self.bound = self.farley_bound(warm[0], warm[1])
-        it, converged = self.iterate(deadline, target_gap=target_gap, progress=progress,
-                                     checkpoints=sorted(checkpoints) if at_checkpoint else [],
-                                     at_checkpoint=at_checkpoint)
+        it, converged = self.iterate(deadline, target_gap=target_gap, progress=progress)
         self.ensure_cover()
         value = self.read_lp() + self.hot_total
         self.bound = max(self.bound, self.farley_bound(self.lp_duals, self.lp_rho))
         return ColGenResult(self.patterns, value, self.bound, it, converged, time.perf_counter() - start)
 
     def iterate(self, deadline: float, target_gap: Optional[float] = None, max_rounds: int = 10**9,
-                progress: Optional[Callable[[int, float, float], None]] = None,
-                checkpoints: Sequence[float] = (), at_checkpoint: Optional[Callable[[], None]] = None) -> Tuple[int, bool]:
+                progress: Optional[Callable[[int, float, float], None]] = None) -> Tuple[int, bool]:
         """Rounds of pricing; with a `target_gap` the bound is refreshed and checked as well.
         Returns (rounds, converged)."""
         it, exact = 0, False
-        pending = list(checkpoints)
         while it < max_rounds:
             it += 1
             value, pi, sigma, rho = self.master.solve()
@@ -183,15 +174,6 @@ class ColumnGeneration:
             exact = False
             if time.perf_counter() > deadline:
                 break
-            if pending and time.perf_counter() >= pending[0] and at_checkpoint is not None:
-                before = time.perf_counter()
-                while pending and before >= pending[0]:
-                    pending.pop(0)
-                at_checkpoint()
-                # The moments count the loop's own time: without this shift a rounding that ends
-                # past the next moment is followed at once by another over nearly the same LP.
-                spent = time.perf_counter() - before
-                pending = [m + spent for m in pending]
         return it, False
 
     def read_lp(self) -> float:

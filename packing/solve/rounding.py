@@ -35,9 +35,10 @@ USEFUL_FRACTION = 0.9
 RESIDUAL_COEFFICIENTS = True
 
 
-def iterated_rounding(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
-    """Round up every column at 1 - ROUND_UP_FROM or more and fix those servers one at a time,
-    largest first, skipping any whose models are mostly covered already (`fix_servers`); re-solve
+def iterated_rounding(cg: ColumnGeneration, deadline: float, round_up_from: float = ROUND_UP_FROM,
+                      useful: float = USEFUL_FRACTION) -> Dict[int, int]:
+    """Round up every column at 1 - `round_up_from` or more and fix those servers one at a time,
+    largest first, skipping any of which less than `useful` of its models is still needed (`fix_servers`); re-solve
     the LP (with a few pricing rounds) for the models left, over columns and pods cut down to
     them (`restrict`), and repeat; when the LP has no whole server, round up its largest column
     (a dive). What the deadline leaves is covered greedily. Starts from the LP as `cg` last read
@@ -51,7 +52,7 @@ def iterated_rounding(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
     left = cg.demand.copy()
     while left.sum() > 0 and time.perf_counter() < deadline:
         x = cg.lp_values
-        whole = np.floor(x + ROUND_UP_FROM).astype(int)
+        whole = np.floor(x + round_up_from).astype(int)
         support = np.flatnonzero(x > 1e-9)
         if support.size == 0:
             break
@@ -59,7 +60,7 @@ def iterated_rounding(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
         if int((whole > 0).sum()) < want:
             for j in support[np.argsort(-x[support], kind="stable")][:want]:
                 whole[j] = max(whole[j], 1)
-        fixed = fix_servers(cg, x, whole, left)
+        fixed = fix_servers(cg, x, whole, left, useful)
         if not fixed:
             break  # no candidate holds a model left: the greedy cover takes the rest
         for j, n in fixed.items():
@@ -82,9 +83,10 @@ def restrict(cg: ColumnGeneration, left: np.ndarray) -> None:
         cg.pricing.cap(left)
 
 
-def fix_servers(cg: ColumnGeneration, x: np.ndarray, whole: np.ndarray, left: np.ndarray) -> Dict[int, int]:
+def fix_servers(cg: ColumnGeneration, x: np.ndarray, whole: np.ndarray, left: np.ndarray,
+                useful: float = USEFUL_FRACTION) -> Dict[int, int]:
     """The servers a pass fixes (pattern -> count) of the `whole` servers it rounds to, one at a
-    time in decreasing x, each while USEFUL_FRACTION of its models are in `left` (taken off it as
+    time in decreasing x, each while `useful` of its models are in `left` (taken off it as
     they are fixed), and cut down to those; when that fixes none, the most useful one, so a pass
     fixes a server unless none of them holds a model left."""
     fixed: Dict[int, int] = {}
@@ -92,7 +94,7 @@ def fix_servers(cg: ColumnGeneration, x: np.ndarray, whole: np.ndarray, left: np
     for j in candidates:
         for _ in range(int(whole[j])):
             share = useful_share(cg, j, left)
-            if share == 0 or share < USEFUL_FRACTION - 1e-9:
+            if share == 0 or share < useful - 1e-9:
                 break
             take(cg, j, left, fixed)
     if not fixed and candidates:
@@ -119,15 +121,6 @@ def take(cg: ColumnGeneration, j: int, left: np.ndarray, fixed: Dict[int, int]) 
     fixed[j] = fixed.get(j, 0) + 1
     for i, a in cg.patterns[j].counts:
         left[i] -= a
-
-
-def round_now(cg: ColumnGeneration, deadline: float) -> Dict[int, int]:
-    """Iterated rounding of the LP as it stands, part-way through column generation. The master
-    and pricing are restored after, so the loop goes on over the same LP, with the columns the
-    rounding priced added (valid columns, though they slow its re-solves: packing/solve/solver.py,
-    ROUNDING_CHECKPOINTS); its values and duals are read again before they are used."""
-    cg.read_lp()
-    return iterated_rounding(cg, deadline)
 
 
 def greedy_cover(cg: ColumnGeneration, left: np.ndarray) -> Dict[int, int]:

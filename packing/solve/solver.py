@@ -11,6 +11,7 @@ Candidate plans are compared on what their nodes cost, so the solve places them
 """
 from __future__ import annotations
 
+import copy
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from packing.model.classes import Classes, build_classes
 from packing.model.demand import Demand
 from packing.model.resources import NodeShape, PackingOptions, nodes_price
 from packing.place.assemble import BuiltServer, Solved, fill_servers, place_as_solved, place_on_nodes
+from packing.place.fleet import Fleet, tighten
 from packing.solve.bound import FluidSolution, fluid_relaxation, whole_node_bound
 from packing.solve.columngen import ColumnGeneration
 from packing.solve.columns import Pattern
 from packing.solve.exact import enumerate_all, integer_nodes
 from packing.solve.master import integer_master
-from packing.solve.rounding import iterated_rounding, round_now
+from packing.solve.rounding import ROUND_UP_FROM, USEFUL_FRACTION, iterated_rounding
 from packing.solve.sizes import rehome
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
@@ -52,18 +54,12 @@ SMALL_INTEGER_MASTER_UP_TO = 300
 # in the untiered 60 s run ($35.78 -> $34.16/h placed, $29.85/h after emptying servers); the
 # other three runs returned the rounding's plan, the tiered 60 s one ending at $31.55/h.
 RESTRICTED_INTEGER_MASTER = False
-# Iterated rounding also at these shares of the column generation's own time, each placed as the
-# end rounding is, the cheapest placed plan kept: longer runs round worse (8,100 columns at 60 s gave
-# $33.2/h of pods, 15 s runs $28.9-29.2/h). Empty: round once, at the end. Off: on the mixed 3,040
-# catalogue (seed 7; 2026-12-04, 2 shared cores, 2 runs a setting, A off / B (0.25, 0.5)) B's median
-# final plans were dearer untiered at 15 s ($30.22 against $29.19/h; with the moments counted in the
-# loop's own time, as now, $30.99 against $29.76) and cheaper elsewhere: tiered 15 s $29.63 / $31.28
-# ($30.15 / $31.37), untiered 60 s $29.49 / $29.94 ($30.55 / $30.63), tiered 60 s $30.46 / $31.74
-# ($30.61 / $30.95). Each rounding takes its share of the time (2.5 s at 15 s, 4-10 s at 60 s) and
-# adds columns priced at its restricted duals (at 15 s 6,300-7,300 columns after 91-123 rounds
-# against 5,600 after 310-337), so the LP ends dearer ($27.62-27.90 against $27.48/h) and so does
-# the end rounding; the checkpoints' own roundings were never the cheaper there.
-ROUNDING_CHECKPOINTS: Tuple[float, ...] = ()
+# Iterated rounding again over the same LP, while the solver's time allows, with these thresholds
+# (packing/solve/rounding.py: round up from, share of a server's models still needed), each
+# rounding placed and scored by what its nodes cost once part-filled servers are emptied, the
+# cheapest kept. The first is the defaults'.
+ROUNDING_VARIANTS: Tuple[Tuple[float, float], ...] = ((ROUND_UP_FROM, USEFUL_FRACTION), (0.25, 0.9), (0.45, 0.75),
+                                                     (0.35, 0.5))
 
 
 
@@ -109,26 +105,13 @@ def place_rounding(cg: ColumnGeneration, rounded: Dict[int, int], dem: Demand, o
     return Rounded(rounded, chosen, place_servers(chosen, cg.patterns, dem, cg.cls, opts))
 
 
-def checkpoint_roundings(cg: ColumnGeneration, budget: TimeBudget, dem: Demand, opts: PackingOptions,
-                         say: Callable[[str], None]) -> Tuple[List[float], Callable[[], None], List[Rounded]]:
-    """The moments of ROUNDING_CHECKPOINTS, a callback for `cg.run` that rounds and places the LP
-    then, and the list it fills. Each rounding gets the end rounding's and re-homing's shares of
-    time, counted from when it starts (one may end past the column generation's end, leaving the
-    later stages less: they stop at their own moments, so the plan still ends within the limit)."""
-    start, end = budget.start, budget.at(shares.COLUMN_GENERATION)
-    moments = [start + f * (end - start) for f in ROUNDING_CHECKPOINTS]
-    found: List[Rounded] = []
-    rounding_s = (shares.ROUNDING - shares.COLUMN_GENERATION) * budget.seconds
-    rehome_s = (shares.REHOME - shares.ROUNDING) * budget.seconds
-
-    def at_checkpoint() -> None:
-        now = time.perf_counter()
-        r = place_rounding(cg, round_now(cg, now + rounding_s), dem, opts, now + rounding_s + rehome_s)
-        say(f"checkpoint rounding over {len(cg.patterns)} columns: ${cg.pod_cost(r.rounded):.3f}/h of pods, "
-            f"${r.placed.price:.3f}/h placed ({time.perf_counter() - now:.1f} s)")
-        found.append(r)
-
-    return moments, at_checkpoint, found
+def emptied_price(placed: Placed, dem: Demand, opts: PackingOptions, deadline: float) -> float:
+    """What `placed`'s nodes cost once its part-filled servers are emptied into the others' room
+    (packing/place/fleet.py `tighten`, on a copy; stopped at `deadline`, an upper bound): roundings
+    that differ in their part-filled tail compare on what the plan will cost."""
+    fleet = Fleet.of_plan(copy.deepcopy(placed.built), dem, opts)
+    tighten(fleet, deadline)
+    return min(placed.price, fleet.cost())
 
 
 def whole_node_bound_beside(cls: Classes, shapes: Sequence[NodeShape], opts: PackingOptions,
@@ -168,24 +151,32 @@ def solve_exact(cg: ColumnGeneration, dem: Demand, opts: PackingOptions, deadlin
 
 def solve_by_rounding(cg: ColumnGeneration, dem: Demand, opts: PackingOptions, budget: TimeBudget, fluid: FluidSolution,
                       small: bool, say: Callable[[str], None]) -> Tuple[Placed, LPFigures]:
-    """Column generation, iterated rounding, instance sizes; for small problems (or with
+    """Column generation, then iterated roundings (ROUNDING_VARIANTS, while time allows), each
+    given instance sizes and placed, the cheapest once emptied kept; for small problems (or with
     RESTRICTED_INTEGER_MASTER) the integer master over the columns as well, the cheaper kept."""
-    moments, at_checkpoint, earlier = checkpoint_roundings(cg, budget, dem, opts, say)
     result = cg.run(budget.at(shares.COLUMN_GENERATION), warm=(fluid.pi, fluid.rho),
-                    progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"),
-                    checkpoints=moments, at_checkpoint=at_checkpoint if moments else None)
+                    progress=lambda it, v, b: say(f"column generation: round {it}, LP ${v:.3f}/h, bound ${b:.3f}/h"))
     say(f"LP ${result.lp_value:.3f}/h after {result.iterations} rounds ({len(result.patterns)} columns); "
         f"bound ${result.lower_bound:.3f}/h")
     figures = LPFigures(result.lp_value, result.iterations, result.converged, result.lower_bound)
     # The LP's support, before the rounding's restricted LPs overwrite its values (for the
     # restricted integer master only).
     support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)} if RESTRICTED_INTEGER_MASTER and not small else set()
-    rounded = iterated_rounding(cg, budget.at(shares.ROUNDING))
-    say(f"integer: iterated rounding ${cg.pod_cost(rounded):.3f}/h of pods")
-    last = place_rounding(cg, rounded, dem, opts, budget.at(shares.REHOME))
-    best = min([last, *earlier], key=lambda r: r.placed.price)  # ties: the end rounding's plan
-    if best is not last:
-        say(f"a checkpoint rounding places cheaper: ${best.placed.price:.3f}/h against ${last.placed.price:.3f}/h")
+    rounding_s, placing_s = shares.ROUNDING_EACH * budget.seconds, shares.PLACING_EACH * budget.seconds
+    scored: List[Tuple[float, int, Rounded]] = []
+    for k, (up, useful) in enumerate(ROUNDING_VARIANTS):
+        now = time.perf_counter()
+        if k and now + rounding_s + placing_s > budget.deadline:
+            break
+        if k:
+            cg.read_lp()  # the master as restored by the last rounding, with the columns it priced
+        rounded = iterated_rounding(cg, now + rounding_s, round_up_from=up, useful=useful)
+        r = place_rounding(cg, rounded, dem, opts, now + rounding_s + placing_s)
+        score = emptied_price(r.placed, dem, opts, now + rounding_s + placing_s)
+        say(f"integer: iterated rounding ({up:g}, {useful:g}) ${cg.pod_cost(rounded):.3f}/h of pods, "
+            f"${r.placed.price:.3f}/h placed, ${score:.3f}/h with part-filled servers emptied")
+        scored.append((score, k, r))
+    best = min(scored)[2]  # ties: the earlier rounding
     if not (small or RESTRICTED_INTEGER_MASTER) or time.perf_counter() >= budget.deadline - 1.0:
         return best.placed, figures
     # The integer master over the generated columns sometimes rounds better than iterated
