@@ -256,3 +256,19 @@ def test_a_deadline_in_the_past_gives_the_floor():
     ahead = TimeBudget.until(before + 30.0)
     assert 29.0 < ahead.seconds <= 30.0
     assert ahead.deadline == pytest.approx(before + 30.0, abs=1e-6)
+
+
+def test_a_knapsack_solved_past_its_time_limit_in_all_still_solves_each_time():
+    """HiGHS holds `time_limit` to a model's run time summed over its runs: a knapsack re-solved
+    every round must give each solve its own limit, or after the first few thousand rounds every
+    answer is a time-limited one (and the bound its trivial value)."""
+    rng = np.random.default_rng(4)
+    n = 300
+    knap = Knapsack(rng.uniform(5, 60, n), rng.uniform(0.02, 0.3, n), rng.uniform(5, 50, n), np.full(n, 5.0),
+                    (1000.0, 3.0, 4000.0), time_limit=0.02)
+    trivial = []
+    for _ in range(1500):
+        values = rng.uniform(0, 1, n)
+        trivial.append(knap.upper_bound(values) >= float(np.dot(values, knap.ub)) - 1e-9)
+    assert knap._lp.getRunTime() > 5 * knap.time_limit  # the solves' time in all is well past one limit
+    assert not any(trivial)

@@ -153,13 +153,16 @@ class ColumnGeneration:
         return ColGenResult(self.patterns, value, self.bound, it, converged, time.perf_counter() - start)
 
     def iterate(self, deadline: float, target_gap: Optional[float] = None, max_rounds: int = 10**9,
-                progress: Optional[Callable[[int, float, float], None]] = None) -> Tuple[int, bool]:
-        """Rounds of pricing; with a `target_gap` the bound is refreshed and checked as well.
-        Returns (rounds, converged)."""
+                progress: Optional[Callable[[int, float, float], None]] = None,
+                stop_lp: bool = False) -> Tuple[int, bool]:
+        """Rounds of pricing; with a `target_gap` the bound is refreshed and checked as well;
+        `stop_lp`: the master's solves stop at the deadline too (a rounding's, which must end in
+        its time; column generation's own solves are warm and short, and its bound needs them
+        finished). Returns (rounds, converged)."""
         it, exact = 0, False
         while it < max_rounds:
             it += 1
-            value, pi, sigma, rho = self.master.solve()
+            value, pi, sigma, rho = self.master.solve(deadline if stop_lp else None)
             if target_gap is not None and (it % BOUND_EVERY == 0 or exact):
                 self.bound = max(self.bound, self.farley_bound(pi, rho))
             if progress:
@@ -176,9 +179,10 @@ class ColumnGeneration:
                 break
         return it, False
 
-    def read_lp(self) -> float:
-        """Solve the master and keep its solution (`lp_values`, `lp_duals`, `lp_rho`); its value."""
-        value, pi, _, rho = self.master.solve()
+    def read_lp(self, deadline: Optional[float] = None) -> float:
+        """Solve the master (until `deadline`, if given) and keep its solution (`lp_values`,
+        `lp_duals`, `lp_rho`); its value."""
+        value, pi, _, rho = self.master.solve(deadline)
         self.lp_values = self.master.pattern_values()
         self.lp_duals, self.lp_rho = pi, rho
         return value

@@ -65,6 +65,15 @@ def new_highs() -> highspy.Highs:
     return h
 
 
+def run_for(h: highspy.Highs, seconds: float) -> None:
+    """Run `h` for at most `seconds`. HiGHS's simplex holds `time_limit` to the object's run time
+    summed over all its runs, so a limit set once stops every run of a long-lived model after
+    the first `seconds` in all: a pricing knapsack's LP re-solved for a few thousand rounds then
+    answered every round with its time limit (and the bound with its trivial value)."""
+    h.setOptionValue("time_limit", h.getRunTime() + max(seconds, 0.0) if np.isfinite(seconds) else INF)
+    h.run()
+
+
 def dp_bounded_knapsack(values: np.ndarray, weights: np.ndarray, counts: np.ndarray, capacity: int) -> float:
     """Exact max of sum v a subject to sum w a <= capacity, 0 <= a <= counts, for integer weights
     (a fractional weight is truncated: callers round down to a grid first). Binary splitting of
@@ -99,17 +108,17 @@ class Knapsack:
         self.caps = caps
         self.n = len(self.ub)
         self.idx = np.arange(self.n, dtype=np.int32)
-        self._mip = self._model(integer=True, time_limit=time_limit)
-        self._lp = self._model(integer=False, time_limit=time_limit)
+        self.time_limit = time_limit  # each solve's
+        self._mip = self._model(integer=True)
+        self._lp = self._model(integer=False)
         self.grid = max(caps[0] / DP_CELLS, 1e-9)
 
     def cap_counts(self, most: np.ndarray) -> None:
         """From now on take at most `most[i]` of item i, and never more than the counts it was made with."""
         self.ub = np.minimum(self.full_ub, most)
 
-    def _model(self, integer: bool, time_limit: float) -> highspy.Highs:
+    def _model(self, integer: bool) -> highspy.Highs:
         h = new_highs()
-        h.setOptionValue("time_limit", time_limit)
         if integer:
             h.setOptionValue("mip_rel_gap", 1e-3)
         n = self.n
@@ -174,7 +183,7 @@ class Knapsack:
         if self.n == 0 or not (values > EPS).any():
             return 0.0, np.zeros(self.n, int)
         pos = self._set(self._lp, values)
-        self._lp.run()
+        run_for(self._lp, self.time_limit)
         if self._lp.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return self.greedy(values)
         x = np.asarray(self._lp.getSolution().col_value)
@@ -189,7 +198,7 @@ class Knapsack:
         if self.n == 0 or not (values > EPS).any():
             return 0.0, np.zeros(self.n, int)
         pos = self._set(self._mip, values)
-        self._mip.run()
+        run_for(self._mip, self.time_limit)
         counts = np.rint(np.asarray(self._mip.getSolution().col_value)).astype(int)
         counts[~pos] = 0
         return float(np.dot(values, counts)), counts
@@ -199,7 +208,7 @@ class Knapsack:
         if self.n == 0 or not (values > EPS).any():
             return 0.0
         self._set(self._lp, values)
-        self._lp.run()
+        run_for(self._lp, self.time_limit)
         if self._lp.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return float(np.dot(np.maximum(values, 0.0), self.ub))  # trivially valid
         lp_value = float(self._lp.getInfo().objective_function_value)

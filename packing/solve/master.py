@@ -16,6 +16,7 @@ model (`integer_master`); `fewest_nodes` reads the rows backwards, for a start s
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -26,7 +27,7 @@ import pulp
 
 from packing.model.resources import TOLERANCE, NodeShape, nodes_price
 from packing.solve.columns import Pattern
-from packing.solve.knapsack import new_highs
+from packing.solve.knapsack import new_highs, run_for
 
 INF = highspy.kHighsInf
 # A node holds at most q - 1 pods that each take more than 1/q of its memory: the aggregate host
@@ -138,9 +139,12 @@ class ConfigurationLP:
         self._patterns += 1
         self._add_column(0.0, pattern_entries(self.rows, self.shapes, p))
 
-    def solve(self) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        """(value, pi per class, sigma per shape, rho per shape), the duals as prices >= 0."""
-        self.h.run()
+    def solve(self, deadline: Optional[float] = None) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """(value, pi per class, sigma per shape, rho per shape), the duals as prices >= 0. With a
+        `deadline` (time.perf_counter()) HiGHS stops there, and the values are those it had: a
+        rounding's restricted LP with its coefficients cut can take thousands of iterations over
+        tens of thousands of columns, past any share of the limit."""
+        run_for(self.h, INF if deadline is None else max(0.05, deadline - time.perf_counter()))
         duals = np.asarray(self.h.getSolution().row_dual)
         c, k = self.rows.classes, self.rows.shapes
         pi = np.maximum(duals[:c], 0.0)

@@ -68,8 +68,8 @@ def iterated_rounding(cg: ColumnGeneration, deadline: float, round_up_from: floa
         if left.sum() == 0:
             break
         restrict(cg, left)
-        cg.iterate(deadline, max_rounds=ROUNDS_PER_PASS)
-        cg.read_lp()
+        cg.iterate(deadline, max_rounds=ROUNDS_PER_PASS, stop_lp=True)
+        cg.read_lp(deadline)
     for j, n in greedy_cover(cg, left).items():
         chosen[j] = chosen.get(j, 0) + n
     restrict(cg, cg.demand)

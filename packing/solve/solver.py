@@ -169,7 +169,7 @@ def solve_by_rounding(cg: ColumnGeneration, dem: Demand, opts: PackingOptions, b
         if k and now + rounding_s + placing_s > budget.deadline:
             break
         if k:
-            cg.read_lp()  # the master as restored by the last rounding, with the columns it priced
+            cg.read_lp(now + rounding_s)  # the master as restored by the last rounding, with the columns it priced
         rounded = iterated_rounding(cg, now + rounding_s, round_up_from=up, useful=useful)
         r = place_rounding(cg, rounded, dem, opts, now + rounding_s + placing_s)
         score = emptied_price(r.placed, dem, opts, now + rounding_s + placing_s)
