@@ -20,7 +20,7 @@ from dataclasses import dataclass
 SOLVE = 0.9  # the solver ends here; the re-plan of part-empty nodes runs to IMPROVE
 IMPROVE = 0.95
 # Of the solver's own budget.
-COLUMN_GENERATION = 0.55  # when column generation ends
+COLUMN_GENERATION = 0.5  # when column generation ends: room for two roundings after it
 ROUNDING_EACH = 0.18  # how long each rounding may take
 PLACING_EACH = 0.05  # and then choosing its instance sizes, placing and scoring it
 # Of a re-plan's budget: packing what must move, with or without consolidation after it.

@@ -211,6 +211,8 @@ def test_of_two_identical_types_exactly_one_is_kept():
 def test_the_shares_end_the_stages_in_order():
     assert 0 < shares.COLUMN_GENERATION < shares.COLUMN_GENERATION + shares.ROUNDING_EACH + shares.PLACING_EACH <= 1
     assert shares.ROUNDING_EACH > 0 and shares.PLACING_EACH > 0
+    # Two roundings always fit after column generation, however early or late the first ends.
+    assert shares.COLUMN_GENERATION + 2 * (shares.ROUNDING_EACH + shares.PLACING_EACH) <= 1
     assert 0 < shares.SOLVE < shares.IMPROVE < 1  # emptying part-filled servers has the rest
     assert 0 < shares.REPLAN_PACK_THEN_CONSOLIDATE < shares.REPLAN_PACK <= 1
 
