@@ -260,6 +260,19 @@ def test_a_deadline_in_the_past_gives_the_floor():
     assert ahead.deadline == pytest.approx(before + 30.0, abs=1e-6)
 
 
+def test_a_knapsack_mip_stops_at_its_time_limit_every_time():
+    """The MIP's limit is each run's own: a hard knapsack stops near it every time, not after a
+    limit summed with the time of the runs before."""
+    rng = np.random.default_rng(0)
+    n = 400
+    w = rng.uniform(50, 60, (3, n))
+    knap = Knapsack(w[0], w[1] / 1000, w[2], np.full(n, 3.0), (5000.5, 5.0005, 5000.5), time_limit=0.2)
+    for _ in range(4):
+        start = time.perf_counter()
+        knap.solve(rng.uniform(50, 60, n))
+        assert time.perf_counter() - start < 0.5
+
+
 def test_a_knapsack_solved_past_its_time_limit_in_all_still_solves_each_time():
     """HiGHS holds `time_limit` to a model's run time summed over its runs: a knapsack re-solved
     every round must give each solve its own limit, or after the first few thousand rounds every

@@ -65,12 +65,16 @@ def new_highs() -> highspy.Highs:
     return h
 
 
-def run_for(h: highspy.Highs, seconds: float) -> None:
-    """Run `h` for at most `seconds`. HiGHS's simplex holds `time_limit` to the object's run time
-    summed over all its runs, so a limit set once stops every run of a long-lived model after
-    the first `seconds` in all: a pricing knapsack's LP re-solved for a few thousand rounds then
-    answered every round with its time limit (and the bound with its trivial value)."""
-    h.setOptionValue("time_limit", h.getRunTime() + max(seconds, 0.0) if np.isfinite(seconds) else INF)
+def run_for(h: highspy.Highs, seconds: float, integer: bool = False) -> None:
+    """Run `h` for at most `seconds`. HiGHS (1.16) holds an LP's `time_limit` to the object's run
+    time summed over all its runs, a MIP's to the run's own: a limit set once would stop every
+    run of a long-lived LP after the first `seconds` in all (a pricing knapsack's LP re-solved
+    for a few thousand rounds then answered every round with its time limit, and the bound with
+    its trivial value), and one summed with the run time would let a MIP run on unbounded."""
+    if not np.isfinite(seconds):
+        h.setOptionValue("time_limit", INF)
+    else:
+        h.setOptionValue("time_limit", max(seconds, 0.0) + (0.0 if integer else h.getRunTime()))
     h.run()
 
 
@@ -198,7 +202,7 @@ class Knapsack:
         if self.n == 0 or not (values > EPS).any():
             return 0.0, np.zeros(self.n, int)
         pos = self._set(self._mip, values)
-        run_for(self._mip, self.time_limit)
+        run_for(self._mip, self.time_limit, integer=True)
         counts = np.rint(np.asarray(self._mip.getSolution().col_value)).astype(int)
         counts[~pos] = 0
         return float(np.dot(values, counts)), counts
