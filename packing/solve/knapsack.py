@@ -125,6 +125,10 @@ class Knapsack:
         h = new_highs()
         if integer:
             h.setOptionValue("mip_rel_gap", 1e-3)
+            # HiGHS 1.16's presolve, run again at a root restart (strengthenInequalities), ignores
+            # the time limit: on one knapsack near the LP's convergence it ran for minutes. Three
+            # rows need no presolve.
+            h.setOptionValue("presolve", "off")
         n = self.n
         h.addCols(n, np.zeros(n), np.zeros(n), self.ub, 0, np.zeros(n, np.int32), np.array([], np.int32), np.array([]))
         for coeffs, cap in zip((self.w, self.l, self.g), self.caps, strict=True):
