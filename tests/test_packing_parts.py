@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from contracts import InstanceCatalogue, ModelCatalogue, parse
 from packing import budget as shares
-from packing.budget import TimeBudget
+from packing.budget import TimeBudget, rounding_window
 from packing.model.demand import UnplaceableModels, build_demand
 from packing.model.dominance import undominated
 from packing.model.profiles import resolve_profiles
@@ -231,6 +231,29 @@ def test_every_stage_ends_inside_the_limit_as_the_planner_nests_them(limit):
     assert all(a < b for a, b in zip(ends, ends[1:])), ends
     assert solver.deadline == pytest.approx(whole.at(shares.SOLVE))
     assert whole.deadline == pytest.approx(start + limit)
+
+
+def test_the_first_rounding_always_gets_its_full_shares():
+    solver = TimeBudget(0.0, 100.0)
+    for now in (50.0, 99.0, 150.0):  # column generation ended on time, late, or past the solver's end
+        assert rounding_window(solver, 0, now) == pytest.approx(
+            (now + shares.ROUNDING_EACH * 100.0, now + (shares.ROUNDING_EACH + shares.PLACING_EACH) * 100.0))
+
+
+def test_a_later_rounding_gets_its_shares_or_what_is_left_while_enough_is():
+    solver = TimeBudget(0.0, 100.0)
+    full = (shares.ROUNDING_EACH + shares.PLACING_EACH) * 100.0
+    early = 10.0
+    assert rounding_window(solver, 1, early) == pytest.approx(rounding_window(solver, 0, early))
+    # Less than its shares left: both ends scaled down, the placing one on the solver's end.
+    now = 100.0 - 0.75 * full
+    round_until, place_until = rounding_window(solver, 2, now)
+    assert place_until == pytest.approx(100.0)
+    assert round_until - now == pytest.approx(0.75 * shares.ROUNDING_EACH * 100.0)
+    # Under ROUNDING_AT_LEAST of its shares left (or none): no more roundings.
+    assert rounding_window(solver, 1, 100.0 - 0.99 * shares.ROUNDING_AT_LEAST * full) is None
+    assert rounding_window(solver, 1, 120.0) is None
+    assert rounding_window(solver, 1, 100.0 - 1.01 * shares.ROUNDING_AT_LEAST * full) is not None
 
 
 def test_at_is_linear_in_the_share():

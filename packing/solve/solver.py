@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 import numpy as np
 
 from packing import budget as shares
-from packing.budget import TimeBudget
+from packing.budget import TimeBudget, rounding_window
 from packing.model.classes import Classes, build_classes
 from packing.model.demand import Demand
 from packing.model.resources import NodeShape, PackingOptions, nodes_price
@@ -162,17 +162,18 @@ def solve_by_rounding(cg: ColumnGeneration, dem: Demand, opts: PackingOptions, b
     # The LP's support, before the rounding's restricted LPs overwrite its values (for the
     # restricted integer master only).
     support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)} if RESTRICTED_INTEGER_MASTER and not small else set()
-    rounding_s, placing_s = shares.ROUNDING_EACH * budget.seconds, shares.PLACING_EACH * budget.seconds
     scored: List[Tuple[float, int, Rounded]] = []
     for k, (up, useful) in enumerate(ROUNDING_VARIANTS):
         now = time.perf_counter()
-        if k and now + rounding_s + placing_s > budget.deadline:
+        window = rounding_window(budget, k, now)
+        if window is None:
             break
+        round_until, place_until = window
         if k:
-            cg.read_lp(now + rounding_s)  # the master as restored by the last rounding, with the columns it priced
-        rounded = iterated_rounding(cg, now + rounding_s, round_up_from=up, useful=useful)
-        r = place_rounding(cg, rounded, dem, opts, now + rounding_s + placing_s)
-        score = emptied_price(r.placed, dem, opts, now + rounding_s + placing_s)
+            cg.read_lp(round_until)  # the master as restored by the last rounding, with the columns it priced
+        rounded = iterated_rounding(cg, round_until, round_up_from=up, useful=useful)
+        r = place_rounding(cg, rounded, dem, opts, place_until)
+        score = emptied_price(r.placed, dem, opts, place_until)
         say(f"integer: iterated rounding ({up:g}, {useful:g}) ${cg.pod_cost(rounded):.3f}/h of pods, "
             f"${r.placed.price:.3f}/h placed, ${score:.3f}/h with part-filled servers emptied")
         scored.append((score, k, r))
