@@ -3,14 +3,15 @@
 A plan gets `--time-limit` seconds in all, counted from before the demand model is built. The
 stages end at fixed shares of it: the solver, then the re-plan of part-empty nodes, then emptying
 part-filled servers, which has the rest. The solver's own budget runs from when it starts to its
-end (at least a second): column generation ends at a share of it, and each rounding after it
-gets a share to round and another to choose instance sizes and place (`rounding_window`): the
-first always runs; later ones run while at least half of those shares is left, the last scaled
-down to end with the solver, so no time is left over. The re-planner splits its budget between
-packing new and displaced models and consolidation the same way. The shares say when a stage should stop, not
-how long it runs: a stage that overruns (one HiGHS solve past its limit) leaves the later ones
-less, and a stage that finds its end already past either skips (the re-plan of part-empty nodes)
-or runs for its floor (the solver's second, `until`).
+end (at least a second): column generation ends at a share of it, closing the LP's part-used
+multi-slot shapes gets a share after it, and each rounding after that gets a share to round and
+another to choose instance sizes and place (`rounding_window`): the first always runs; later ones
+run while at least half of those shares is left, the last scaled down to end with the solver, so
+no time is left over. The re-planner splits its budget between packing new and displaced models
+and consolidation the same way. The shares say when a stage should stop, not how long it runs: a
+stage that overruns (one HiGHS solve past its limit) leaves the later ones less, and a stage that
+finds its end already past either skips (the re-plan of part-empty nodes) or runs for its floor
+(the solver's second, `until`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ SOLVE = 0.9  # the solver ends here; the re-plan of part-empty nodes runs to IMP
 IMPROVE = 0.95
 # Of the solver's own budget.
 COLUMN_GENERATION = 0.5  # when column generation ends: room for two roundings after it
+PART_NODES = 0.03  # how long closing the LP's part-used multi-slot shapes may take (packing/solve/sizes.py)
 ROUNDING_EACH = 0.18  # how long each rounding may take
 PLACING_EACH = 0.05  # and then choosing its instance sizes, placing and scoring it
 # A later rounding runs while this share of ROUNDING_EACH + PLACING_EACH is left. Cut short, it

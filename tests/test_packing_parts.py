@@ -210,9 +210,9 @@ def test_of_two_identical_types_exactly_one_is_kept():
 
 def test_the_shares_end_the_stages_in_order():
     assert 0 < shares.COLUMN_GENERATION < shares.COLUMN_GENERATION + shares.ROUNDING_EACH + shares.PLACING_EACH <= 1
-    assert shares.ROUNDING_EACH > 0 and shares.PLACING_EACH > 0
-    # Two roundings always fit after column generation, however early or late the first ends.
-    assert shares.COLUMN_GENERATION + 2 * (shares.ROUNDING_EACH + shares.PLACING_EACH) <= 1
+    assert shares.PART_NODES > 0 and shares.ROUNDING_EACH > 0 and shares.PLACING_EACH > 0
+    # Closing part-used shapes and two roundings fit after column generation when it ends on time.
+    assert shares.COLUMN_GENERATION + shares.PART_NODES + 2 * (shares.ROUNDING_EACH + shares.PLACING_EACH) <= 1
     assert 0 < shares.SOLVE < shares.IMPROVE < 1  # emptying part-filled servers has the rest
     assert 0 < shares.REPLAN_PACK_THEN_CONSOLIDATE < shares.REPLAN_PACK <= 1
 
@@ -220,12 +220,12 @@ def test_the_shares_end_the_stages_in_order():
 @pytest.mark.parametrize("limit", [0.5, 10.0, 300.0])
 def test_every_stage_ends_inside_the_limit_as_the_planner_nests_them(limit):
     """The planner's whole budget, and the solver's own one from the same start (packing/planner.py, packing/solve/solver.py):
-    column generation and the first rounding, with its instance sizes, end before the solver, which ends
+    column generation, closing part-used shapes and the first rounding, with its instance sizes, end before the solver, which ends
     before the re-plan of part-empty nodes, which ends before the limit."""
     start = 1000.0
     whole = TimeBudget(start, limit)
     solver = TimeBudget(start, whole.at(shares.SOLVE) - start)
-    rounded = solver.at(shares.COLUMN_GENERATION) + shares.ROUNDING_EACH * solver.seconds
+    rounded = solver.at(shares.COLUMN_GENERATION) + (shares.PART_NODES + shares.ROUNDING_EACH) * solver.seconds
     ends = [solver.at(shares.COLUMN_GENERATION), rounded, rounded + shares.PLACING_EACH * solver.seconds,
             solver.deadline, whole.at(shares.IMPROVE), whole.deadline]
     assert all(a < b for a, b in zip(ends, ends[1:])), ends

@@ -19,7 +19,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import highspy
 import numpy as np
@@ -128,6 +128,7 @@ class ConfigurationLP:
         self._cut: Dict[Tuple[int, int], int] = {}  # (class, pattern) -> coefficient, where `restrict` cut it
         self._restricted_to = np.asarray(demand).copy()
         self._patterns = 0
+        self.closed: Set[int] = set()  # shapes whose nodes the LP may not open (`allow_nodes`)
 
     def _add_column(self, cost: float, entries: Entries) -> None:
         rows, vals = zip(*entries)
@@ -155,6 +156,18 @@ class ConfigurationLP:
     def pattern_values(self) -> np.ndarray:
         """x_j of the last solve, one per pattern in the order they were added."""
         return np.asarray(self.h.getSolution().col_value)[self.first_pattern:]
+
+    def node_values(self) -> np.ndarray:
+        """N_t of the last solve, one per shape."""
+        return np.asarray(self.h.getSolution().col_value)[:self.rows.shapes]
+
+    def allow_nodes(self, t: int, allowed: bool) -> None:
+        """Let the LP open nodes of shape t, or not (then no pod goes there; t is in `closed`)."""
+        self.h.changeColBounds(t, 0.0, INF if allowed else 0.0)
+        if allowed:
+            self.closed.discard(t)
+        else:
+            self.closed.add(t)
 
     def restrict(self, left: np.ndarray, cut_columns: bool = True) -> None:
         """The master over the models `left` (a rounding's restricted LP): cover rows at `left`,

@@ -3,7 +3,7 @@ time leaves. The bound is not touched: it was proven on the full problem."""
 from __future__ import annotations
 
 import time
-from typing import Dict
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -125,30 +125,42 @@ def take(cg: ColumnGeneration, j: int, left: np.ndarray, fixed: Dict[int, int]) 
 
 def greedy_cover(cg: ColumnGeneration, left: np.ndarray) -> Dict[int, int]:
     """Servers for the models `left` (per class), one pod at a time, each on the shape where it
-    earns the most per dollar, with the LP's duals as values so the scarce classes go first."""
+    earns the most per dollar, with the LP's duals as values so the scarce classes go first; on
+    the shapes the LP may use (not those closed for part-used nodes, unless no other takes a model)."""
     chosen: Dict[int, int] = {}
     left = left.copy()
     values = np.maximum(cg.lp_duals, 1e-6)
-    cls, shapes = cg.cls, cg.shapes
+    every = range(len(cg.shapes))
+    open_shapes = [t for t in every if t not in cg.master.closed]
     while left.sum() > 0:
-        best = None
-        for t, pr in enumerate(cg.pricing.pricers):
-            per_pod = shapes[t].price / shapes[t].slots
-            for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t] & (left > 0)):
-                p = cg.hot_pattern(int(i), t)
-                if best is None or values[i] / (per_pod * p.replicas) > best[0]:
-                    best = (values[i] / (per_pod * p.replicas), p)
-            if pr.items.size == 0 or left[pr.items].sum() == 0:
-                continue
-            _, counts = pr.knapsack("hi").greedy(values[pr.items], ub=left[pr.items])
-            if counts.any():
-                score = float(np.dot(values[pr.items], counts)) / (per_pod * cg.R)
-                if best is None or score > best[0]:
-                    best = (score, cg.pattern_from_counts(t, pr.items, counts))
+        best = cover_one(cg, left, values, open_shapes)
+        if best is None:
+            best = cover_one(cg, left, values, every)
         if best is None:
             raise AssertionError("models left that no shape can take")
-        j = cg.index_of(best[1])
+        j = cg.index_of(best)
         chosen[j] = chosen.get(j, 0) + 1
-        for i, a in best[1].counts:
+        for i, a in best.counts:
             left[i] = max(0, left[i] - a)
     return chosen
+
+
+def cover_one(cg: ColumnGeneration, left: np.ndarray, values: np.ndarray, shapes: Iterable[int]) -> Optional[Pattern]:
+    """The server for models `left` that earns the most per dollar of its pods, on one of `shapes`."""
+    cls = cg.cls
+    best: Optional[Tuple[float, Pattern]] = None
+    for t in shapes:
+        pr = cg.pricing.pricers[t]
+        per_pod = cg.shapes[t].price / cg.shapes[t].slots
+        for i in np.flatnonzero(cls.eligible[:, t] & cls.hot[:, t] & (left > 0)):
+            p = cg.hot_pattern(int(i), t)
+            if best is None or values[i] / (per_pod * p.replicas) > best[0]:
+                best = (values[i] / (per_pod * p.replicas), p)
+        if pr.items.size == 0 or left[pr.items].sum() == 0:
+            continue
+        _, counts = pr.knapsack("hi").greedy(values[pr.items], ub=left[pr.items])
+        if counts.any():
+            score = float(np.dot(values[pr.items], counts)) / (per_pod * cg.R)
+            if best is None or score > best[0]:
+                best = (score, cg.pattern_from_counts(t, pr.items, counts))
+    return None if best is None else best[1]

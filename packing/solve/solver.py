@@ -3,7 +3,7 @@ lower bound.
 
     classes -> bounds (the fluid relaxation; with whole nodes, in a thread beside the rest)
             -> every pattern listed and the exact integer master         (small problems)
-               or column generation -> iterated rounding -> instance sizes (the rest)
+               or column generation -> part nodes closed -> iterated roundings -> instance sizes (the rest)
             -> the candidates filled with real models and placed on nodes, the cheapest kept
 
 Candidate plans are compared on what their nodes cost, so the solve places them
@@ -32,7 +32,7 @@ from packing.solve.columns import Pattern
 from packing.solve.exact import enumerate_all, integer_nodes
 from packing.solve.master import integer_master
 from packing.solve.rounding import ROUND_UP_FROM, USEFUL_FRACTION, iterated_rounding
-from packing.solve.sizes import rehome
+from packing.solve.sizes import close_part_nodes, rehome
 
 # Up to this many models only identical models share a class, and every pattern may be listed.
 EXACT_CLASSES_UP_TO = 60
@@ -162,6 +162,10 @@ def solve_by_rounding(cg: ColumnGeneration, dem: Demand, opts: PackingOptions, b
     # The LP's support, before the rounding's restricted LPs overwrite its values (for the
     # restricted integer master only).
     support = {int(j) for j in np.flatnonzero(cg.lp_values > 1e-9)} if RESTRICTED_INTEGER_MASTER and not small else set()
+    closed = close_part_nodes(cg, time.perf_counter() + shares.PART_NODES * budget.seconds)
+    if closed:
+        say("closed to the roundings (part of a node in the LP, cheaper without): "
+            + ", ".join(dem.shapes[t].name for t in closed) + f"; LP ${cg.master.solve()[0] + cg.hot_total:.3f}/h")
     scored: List[Tuple[float, int, Rounded]] = []
     for k, (up, useful) in enumerate(ROUNDING_VARIANTS):
         now = time.perf_counter()
