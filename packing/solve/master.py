@@ -157,6 +157,11 @@ class ConfigurationLP:
         """x_j of the last solve, one per pattern in the order they were added."""
         return np.asarray(self.h.getSolution().col_value)[self.first_pattern:]
 
+    @property
+    def optimal(self) -> bool:
+        """Whether the last solve ended optimal (not stopped by its deadline)."""
+        return self.h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+
     def node_values(self) -> np.ndarray:
         """N_t of the last solve, one per shape."""
         return np.asarray(self.h.getSolution().col_value)[:self.rows.shapes]

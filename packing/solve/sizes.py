@@ -165,6 +165,10 @@ def close_part_nodes(cg: ColumnGeneration, deadline: float) -> List[int]:
         tried.add(worst)
         cg.master.allow_nodes(worst, False)
         without = cg.read_lp(deadline)
+        if not cg.master.optimal:  # stopped at the deadline: its value proves nothing
+            cg.master.allow_nodes(worst, True)
+            cg.read_lp()
+            break
         if without < value + waste[worst] - 1e-9:
             closed.append(worst)
             value = without
